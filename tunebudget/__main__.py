@@ -1,0 +1,5 @@
+import sys
+
+from tunebudget.cli import main
+
+sys.exit(main())

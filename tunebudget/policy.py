@@ -1,0 +1,324 @@
+"""BudgetPolicy: the complete recipe for spending a training budget.
+
+One object is searched, logged, exported and replayed. It is validated strictly (unknown
+keys, types, ranges, incompatible combinations) and round-trips through YAML with a schema
+version. A *search-space file* is a policy plus optional ``search``, ``sweep`` and
+``baselines`` sections; :func:`load_policy` reads the policy part of either kind of file.
+
+This module imports neither torch nor Ray, so that bad input fails fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunebudget.errors import TuneBudgetError
+
+SCHEMA_VERSION = 1
+
+#: Data sets tunebudget knows, with the kind of task each one is.
+DATASETS: dict[str, str] = {
+    "fashion_mnist": "classification",
+    "digits": "classification",
+    "synthetic": "classification",
+    "synthetic_regression": "regression",
+    "mnist": "classification",
+    "cifar10": "classification",
+    "imagefolder": "classification",
+}
+#: Built-in models; any ``package.module:factory`` callable is accepted too.
+MODELS = ("mlp", "cnn", "resnet18")
+SCORERS = ("loss", "margin", "entropy", "random")
+STRATEGIES = ("full", "topk", "sample", "infobatch", "rs2")
+SCHEDULES = ("constant", "linear", "cosine", "step", "exponential")
+#: Top-level sections of a search-space file that are not part of the policy.
+SPACE_SECTIONS = ("search", "sweep", "baselines")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class TaskSpec(_Section):
+    """What to train: data set, model and how the data is prepared."""
+
+    dataset: str = "fashion_mnist"
+    model: str = "cnn"
+    #: Directory holding the data set's files (default: TUNEBUDGET_DATA, then the Debian location).
+    root: Optional[str] = None
+    #: Validation samples held out of the training set: a count, or a share if below 1.
+    val_size: Union[int, float] = Field(default=5000, gt=0)
+    #: On-device random flip and crop of image batches.
+    augment: bool = False
+    #: Extra options of the data set (e.g. synthetic: n_samples, dim, noise, redundant).
+    data_options: dict[str, Any] = Field(default_factory=dict)
+    #: Extra keyword arguments of the model factory (e.g. mlp: hidden).
+    model_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "TaskSpec":
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"task.dataset: unknown data set {self.dataset!r}; use one of {', '.join(DATASETS)}"
+            )
+        if self.model not in MODELS and ":" not in self.model:
+            raise ValueError(
+                f"task.model: unknown model {self.model!r}; use one of {', '.join(MODELS)} "
+                "or 'package.module:factory'"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return DATASETS[self.dataset]
+
+
+class BudgetSpec(_Section):
+    """How much may be spent: wall-clock seconds, or (deterministic) sample passes."""
+
+    seconds: Optional[float] = Field(default=30.0, gt=0)
+    #: Deterministic budget in training sample passes; set seconds to null to use it.
+    samples: Optional[float] = Field(default=None, gt=0)
+    #: Share of the budget between validations (0.1: ten validations per run).
+    eval_every: float = Field(default=0.1, gt=0, le=1)
+    #: Cost of a forward-only scoring pass relative to a training pass (sample budget only).
+    scoring_cost: float = Field(default=1.0 / 3.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "BudgetSpec":
+        if (self.seconds is None) == (self.samples is None):
+            raise ValueError(
+                "budget: set exactly one of budget.seconds (wall clock) or budget.samples "
+                "(deterministic sample passes); set the other to null"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "seconds" if self.seconds is not None else "samples"
+
+    @property
+    def amount(self) -> float:
+        return float(self.seconds if self.seconds is not None else self.samples)  # type: ignore[arg-type]
+
+
+class TrainingSpec(_Section):
+    """Optimiser and learning-rate schedule; the LR follows the share of budget spent."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.05, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(default=5e-4, ge=0, lt=1)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    schedule: Literal["constant", "linear", "cosine", "step", "exponential"] = "linear"
+    #: Share of the budget spent warming the LR up linearly from zero.
+    lr_warmup: float = Field(default=0.0, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    #: torch.compile the model; compile time is spent before the clock starts.
+    compile: bool = False
+
+
+class SelectionSpec(_Section):
+    """Which samples get a gradient, and when.
+
+    The first ``warmup`` share of the budget trains on all data; the last ``final_full``
+    share too. In between the strategy keeps a share ``ratio`` of the samples (for
+    ``infobatch``: keeps ``ratio`` of the below-mean-loss samples), re-ranked every
+    ``rerank_every`` epochs. With ``shrink_span`` > 0 the kept share falls linearly from 1 to
+    ``ratio`` over that share of the budget after warm-up (delayed shrinking).
+    """
+
+    strategy: Literal["full", "topk", "sample", "infobatch", "rs2"] = "full"
+    scorer: Literal["loss", "margin", "entropy", "random"] = "loss"
+    ratio: float = Field(default=1.0, gt=0, le=1)
+    warmup: float = Field(default=0.0, ge=0, lt=1)
+    rerank_every: int = Field(default=1, ge=1, le=1000)
+    #: Run a forward-only scoring pass over all samples at each re-rank (else reuse training losses).
+    rescore: bool = False
+    final_full: float = Field(default=0.0, ge=0, lt=1)
+    shrink_span: float = Field(default=0.0, ge=0, lt=1)
+    #: Smallest probability share kept for every sample by the sampling strategies and the assistant.
+    floor: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "SelectionSpec":
+        if self.strategy == "full" and self.ratio < 1:
+            raise ValueError(
+                f"selection.ratio is {self.ratio} but selection.strategy is 'full' (all data); "
+                "set ratio to 1 or choose a strategy such as topk, sample, infobatch or rs2"
+            )
+        if self.warmup + self.shrink_span + self.final_full >= 1:
+            raise ValueError(
+                "selection.warmup + selection.shrink_span + selection.final_full must be below 1 "
+                f"(got {self.warmup} + {self.shrink_span} + {self.final_full}); shorten one of them"
+            )
+        return self
+
+    @property
+    def selective(self) -> bool:
+        return self.strategy != "full"
+
+
+class BudgetPolicy(_Section):
+    """The unit of everything: searched, logged, exported and replayed."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = "policy"
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    seed: int = Field(default=0, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> "BudgetPolicy":
+        if self.task.kind == "regression" and self.selection.scorer in ("margin", "entropy"):
+            raise ValueError(
+                f"selection.scorer {self.selection.scorer!r} needs class scores but task.dataset "
+                f"{self.task.dataset!r} is a regression task; use scorer loss or random"
+            )
+        return self
+
+    # ---- conversions -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"training.lr": 0.05, ...}`` (for MLflow params)."""
+        return flatten(self.to_dict())
+
+    def digest(self) -> str:
+        """A short hash of the resolved policy (provenance)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "override") -> "BudgetPolicy":
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, value, source)
+        return policy_from_dict(data, source)
+
+
+# ---- dotted keys -------------------------------------------------------------------------
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("data_options", "model_options"):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "override") -> None:
+    """Set ``data["a"]["b"] = value`` for ``key = "a.b"``; the sections must exist."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise TuneBudgetError(
+                f"{source}: {key!r}: {where!r} is not a section of the policy; "
+                f"sections are {', '.join(k for k, v in data.items() if isinstance(v, dict))}"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+def _describe(err: dict[str, Any], section_keys: dict[str, list[str]]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        parent = loc.rsplit(".", 1)[0] if "." in loc else ""
+        known = section_keys.get(parent, [])
+        return f"{loc}: unknown key; valid keys here are {', '.join(known)}"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if kind == "value_error":  # our own validators name the field and the fix
+        return msg
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{loc or 'policy'}: {msg}{shown}"
+
+
+def _section_keys() -> dict[str, list[str]]:
+    keys = {"": list(BudgetPolicy.model_fields)}
+    for name in ("task", "budget", "training", "selection"):
+        ann = BudgetPolicy.model_fields[name].annotation
+        keys[name] = list(ann.model_fields)  # type: ignore[union-attr]
+    return keys
+
+
+def policy_from_dict(data: Any, source: str = "policy") -> BudgetPolicy:
+    """Validate a plain dict into a policy; raise TuneBudgetError naming the field."""
+    if not isinstance(data, dict):
+        raise TuneBudgetError(f"{source}: expected a mapping of policy sections, got {type(data).__name__}")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise TuneBudgetError(
+            f"{source}: schema_version {version} was written by a newer tunebudget "
+            f"(this one reads up to {SCHEMA_VERSION}); upgrade tunebudget"
+        )
+    try:
+        return BudgetPolicy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise TuneBudgetError(f"{source}: {_describe(first, _section_keys())}{more}") from None
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping with safe_load, turning every failure into a TuneBudgetError."""
+    p = Path(path)
+    if not p.is_file():
+        raise TuneBudgetError(f"{p}: no such file; give the path of a policy or search-space YAML file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise TuneBudgetError(f"{p}: malformed YAML{where}: {problem}; fix the YAML syntax") from None
+    except UnicodeDecodeError:
+        raise TuneBudgetError(f"{p}: not a text file; give a YAML file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TuneBudgetError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def split_space(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a search-space mapping into (policy part, {search, sweep, baselines})."""
+    policy = {k: v for k, v in data.items() if k not in SPACE_SECTIONS}
+    extras = {k: copy.deepcopy(data[k]) for k in SPACE_SECTIONS if k in data}
+    return policy, extras
+
+
+def load_policy(path: str | os.PathLike[str]) -> BudgetPolicy:
+    """Load the policy of a policy file or the base policy of a search-space file."""
+    policy_part, _ = split_space(read_yaml(path))
+    return policy_from_dict(policy_part, str(path))
+
+
+def save_policy(policy: BudgetPolicy, path: str | os.PathLike[str]) -> None:
+    """Write the policy as YAML atomically (a half-written file is never left behind)."""
+    from tunebudget.util import atomic_write_text
+
+    atomic_write_text(Path(path), policy.to_yaml())

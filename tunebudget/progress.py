@@ -1,0 +1,68 @@
+"""Console output: a progress bar of the budget being spent, and run summaries (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tunebudget.policy import BudgetPolicy
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def train_with_progress(policy: BudgetPolicy, device: str = "auto", quiet: bool = False):
+    """Run a BudgetTrainer with a live bar of budget spent and the latest validation metric."""
+    from tunebudget.trainer import BudgetTrainer, primary_metric
+
+    if quiet or not err_console.is_terminal and not err_console.is_jupyter:
+        # not a terminal: log one line per validation instead of redrawing a bar
+        def on_eval(m: dict[str, Any]) -> None:
+            if not quiet:
+                err_console.print(_eval_line(m), highlight=False)
+
+        return BudgetTrainer(policy, device=device, on_eval=on_eval).run()
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+               TimeElapsedColumn(), TextColumn("{task.fields[metric]}"))
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task(f"{policy.name}: budget", total=1.0, metric="")
+
+        def on_eval(m: dict[str, Any]) -> None:
+            bar.update(task, completed=m["progress"], metric=_eval_line(m))
+
+        trainer = BudgetTrainer(policy, device=device, on_eval=on_eval,
+                                on_progress=lambda p: bar.update(task, completed=p))
+        result = trainer.run()
+        bar.update(task, completed=1.0)
+    return result
+
+
+def _eval_line(m: dict[str, Any]) -> str:
+    metric = "val_accuracy" if "val_accuracy" in m else "val_mse"
+    return (f"{m['progress'] * 100:5.1f}% of budget  {metric} {m[metric]:.4f}  "
+            f"train_loss {m['train_loss']:.4f}  samples {m['samples_seen']}  kept {m['kept_share']:.2f}")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The end-of-run table: status, test metrics, budget use, scoring share, samples."""
+    table = Table(title=f"tunebudget train: {summary['policy']['name']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("status", summary["status"])
+    for key, value in summary["test"].items():
+        table.add_row(f"test {key}", f"{value:.4f}")
+    budget = (f"{summary['budget_seconds']:g} s" if summary["limit"] == "seconds"
+              else f"{summary['budget_samples']:g} sample passes")
+    table.add_row("budget", budget)
+    table.add_row("training time", f"{summary['train_seconds']:.2f} s (validation {summary['eval_seconds']:.2f} s "
+                  f"not charged; compile {summary['compile_seconds']:.2f} s before the clock)")
+    table.add_row("scoring", f"{summary['scoring_seconds']:.2f} s ({summary['scoring_share'] * 100:.1f}% of training)")
+    table.add_row("selection bookkeeping", f"{summary['selection_seconds']:.3f} s")
+    table.add_row("samples seen", f"{summary['samples_seen']} ({summary['throughput']:.0f}/s)")
+    table.add_row("distinct samples trained", f"{summary['distinct_samples']} of {summary['train_size']}")
+    table.add_row("device", f"{summary['device']} ({summary['threads']} threads)")
+    out_console.print(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -18,6 +19,21 @@ import yaml
 from tunebudget.errors import TuneBudgetError
 
 log = logging.getLogger("tunebudget")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """MLflow, Optuna and Ray log at INFO by default; the CLI shows its own progress instead."""
+    level = logging.INFO if verbose else logging.WARNING
+    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna"):
+        logging.getLogger(name).setLevel(level)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.WARNING)
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        pass
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -63,6 +79,103 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "completed" else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tunebudget.spaces import load_space
+
+    space = load_space(args.space)
+    from tunebudget.progress import out_console
+    from tunebudget.sweep import SweepInterrupted, SweepOptions, run_sweep
+
+    opts = SweepOptions(
+        trials=args.trials, budget=args.budget, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, address=args.address, tracking_uri=args.tracking_uri,
+        experiment=args.experiment, scheduler=args.scheduler, sampler=args.sampler,
+        confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top, max_failures=args.max_failures,
+        resume=args.resume, seed=args.seed, storage_path=args.storage_path, optuna_storage=args.optuna_storage,
+        name=args.name, quiet=args.quiet)
+    try:
+        outcome = run_sweep(space, opts)
+    except SweepInterrupted as exc:
+        print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
+              f"tunebudget sweep {args.space} --resume --name {exc}", file=sys.stderr)
+        return 130
+    out_console.print(outcome.summary_md, markup=False, highlight=False)
+    out_console.print(f"[bold]Best policy[/bold] (parent run {outcome.parent_id}, experiment {outcome.experiment}):")
+    out_console.print(outcome.best_policy.to_yaml(), markup=False, highlight=False)
+    out_console.print(f"[bold]Verdict:[/bold] {outcome.verdict.text}", highlight=False)
+    out_console.print(f"Export it with: tunebudget export {outcome.experiment} -o best_policy.yaml", highlight=False)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunebudget.export import export_best
+
+    path = export_best(args.ref, args.output, tracking_uri=args.tracking_uri, allow_partial=args.allow_partial)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tunebudget.export import serve_ui
+
+    return serve_ui(args.port, args.host, args.tracking_uri)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tunebudget.export import write_report
+
+    out = write_report(args.ref, args.output, tracking_uri=args.tracking_uri)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_sweep_commands(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="search budget policies with Ray Tune + Optuna, log to MLflow",
+                       description="Run a sweep of a search space: Optuna proposes policies, Ray Tune trains "
+                                   "them under a fixed budget each, MLflow records every trial; then the top "
+                                   "policies and the baselines are re-run with extra seeds for a verdict.")
+    p.add_argument("space", help="search-space YAML file (a base policy plus search/sweep/baselines)")
+    p.add_argument("--trials", type=int, help="searched trials, beyond the baselines (default: the file's sweep.trials)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="wall-clock training budget of each trial")
+    p.add_argument("--concurrency", type=int, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; torch threads follow it")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractional to share one GPU")
+    p.add_argument("--address", help="join this Ray cluster (host:port); default: a local Ray, or $RAY_ADDRESS")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the space's name)")
+    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: none)")
+    p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: tpe)")
+    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (default 3)")
+    p.add_argument("--confirm-top", type=int, help="searched policies re-run in the confirmation stage (default 3)")
+    p.add_argument("--max-failures", type=int, help="retries of a trial whose worker fails (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue this space's latest interrupted sweep (or --name)")
+    p.add_argument("--name", help="sweep name (Ray experiment directory and Optuna study); default: space-timestamp")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of the base policy")
+    p.add_argument("--storage-path", help="Ray Tune storage (default ./ray_results); shared storage on a cluster")
+    p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite next to the tracking store)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="write a sweep's best policy as YAML (replay it with 'tunebudget train')")
+    p.add_argument("ref", help="MLflow experiment name (its latest sweep) or a sweep's parent run id")
+    p.add_argument("-o", "--output", default="best_policy.yaml", help="output file (default best_policy.yaml)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
+    p.add_argument("--allow-partial", action="store_true", help="export the best finished trial of an unfinished sweep")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ui", help="serve the MLflow UI on the local tracking store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--tracking-uri", help="store to serve (default: ./mlflow)")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("report", help="write a sweep's plots and markdown summary to a directory")
+    p.add_argument("ref", help="MLflow experiment name (its latest sweep) or a sweep's parent run id")
+    p.add_argument("-o", "--output", default="report", help="output directory (default ./report)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunebudget",
@@ -82,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the summary (status, timings, test metrics, policy) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+    _add_sweep_commands(sub)
 
     return parser
 
@@ -91,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except TuneBudgetError as exc:

@@ -84,22 +84,24 @@ def _read_idx(path: Path) -> np.ndarray:
         raw = fh.read()
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
 def find_fashion_mnist(root: str | None) -> Path:
-    """The directory holding Fashion-MNIST's four IDX gz files, or a clear error."""
-    candidates = [c for c in (root, os.environ.get("TUNEBUDGET_DATA"), DEBIAN_FASHION_MNIST) if c]
-    for cand in candidates:
-        d = Path(cand)
-        if all((d / f).is_file() for f in FASHION_MNIST_FILES.values()):
-            return d
-    raise TuneBudgetError(
-        "task.dataset fashion_mnist: the IDX gz files were not found in "
-        f"{', '.join(str(c) for c in candidates)}; install them with "
-        "'apt-get install -y dataset-fashion-mnist', or set task.root / TUNEBUDGET_DATA "
-        "to a directory holding train-images-idx3-ubyte.gz and the other three files"
-    )
+    """The directory of Fashion-MNIST's four IDX gz files: ``task.root`` if set, else
+    ``$TUNEBUDGET_DATA`` if set, else Debian's location. The first one given is the only one
+    looked at (a wrong explicit path is an error, not a silent fallback)."""
+    chosen = root or os.environ.get("TUNEBUDGET_DATA") or DEBIAN_FASHION_MNIST
+    field = "task.root" if root else ("TUNEBUDGET_DATA" if os.environ.get("TUNEBUDGET_DATA") else "task.root")
+    d = Path(chosen)
+    missing = [f for f in FASHION_MNIST_FILES.values() if not (d / f).is_file()]
+    if missing:
+        raise TuneBudgetError(
+            f"{field}: Fashion-MNIST not found in {d} (missing {missing[0]}); install it with "
+            "'apt-get install -y dataset-fashion-mnist', or point task.root / TUNEBUDGET_DATA "
+            "at a directory holding the four IDX gz files"
+        )
+    return d
 
 
 def _fashion_mnist(task: TaskSpec, seed: int) -> tuple[np.ndarray, ...]:

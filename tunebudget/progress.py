@@ -66,3 +66,47 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("distinct samples trained", f"{summary['distinct_samples']} of {summary['train_size']}")
     table.add_row("device", f"{summary['device']} ({summary['threads']} threads)")
     out_console.print(table)
+
+
+class SweepProgress:
+    """Live sweep status on stderr: trials done / running / failed and the best value so far.
+
+    On a terminal it redraws one status line; elsewhere (CI, logs, ``ray job submit``) it prints
+    a line whenever a trial finishes.
+    """
+
+    def __init__(self, stage: str, total: int, metric: str, mode: str, quiet: bool = False) -> None:
+        self.stage, self.total, self.metric, self.mode, self.quiet = stage, total, metric, mode, quiet
+        self.best: float | None = None
+        self._last = ""
+        self._printed = (0, 0)
+        self._status = None
+        if not quiet and err_console.is_terminal:
+            self._status = err_console.status(f"{stage}: starting Ray trials…")
+            self._status.start()
+
+    def update(self, trials: list[Any], result: dict[str, Any] | None = None) -> None:
+        counts = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0, "PENDING": 0}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+            value = (t.last_result or {}).get(self.metric) if t.status == "TERMINATED" else None
+            if isinstance(value, (int, float)) and (self.best is None or (
+                    value > self.best if self.mode == "max" else value < self.best)):
+                self.best = float(value)
+        best = f"{self.best:.4f}" if self.best is not None else "—"
+        line = (f"{self.stage}: {counts['TERMINATED']}/{self.total} done, {counts['RUNNING']} running, "
+                f"{counts['ERROR']} failed; best {self.metric} {best}")
+        if self.quiet or line == self._last:
+            return
+        if self._status is not None:
+            self._status.update(line)
+        elif (counts["TERMINATED"], counts["ERROR"]) != self._printed:  # a trial ended
+            err_console.print(line, highlight=False)
+            self._printed = (counts["TERMINATED"], counts["ERROR"])
+        self._last = line
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            err_console.print(self._last, highlight=False)
+            self._status = None

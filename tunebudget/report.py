@@ -1,0 +1,200 @@
+"""Plots and tables of a sweep: PNG files and a markdown summary.
+
+Inputs are plain data (lists and dicts) so the same functions serve a live sweep and
+``tunebudget report`` reading a finished one back from MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+#: Optuna's parameter-importance evaluator used in reports (Optuna 5 defaults to PED-ANOVA too;
+#: we name it explicitly so the plot says what it measured).
+IMPORTANCE_EVALUATOR = "PED-ANOVA"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class Candidate:
+    """A policy re-run with several seeds in the confirmation stage."""
+
+    name: str
+    kind: str  # "searched" | "baseline"
+    params: dict[str, Any]
+    values: list[float] = field(default_factory=list)
+    curves: list[list[tuple[float, float]]] = field(default_factory=list)
+    search_value: Optional[float] = None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+
+@dataclass
+class Verdict:
+    best: Optional[Candidate]
+    best_baseline: Optional[Candidate]
+    diff: float
+    p_value: float
+    beats: bool
+    text: str
+
+
+def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
+    """Does the best confirmed policy beat the best baseline beyond the seed noise?
+
+    "Beyond the noise" means: the difference of the means is larger than the larger of the two
+    standard deviations *and* Welch's t-test gives p < 0.05 (one-sided). With fewer than two
+    seeds on either side no claim is made.
+    """
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [c for c in candidates if c.values]
+    best = max(scored, key=lambda c: sign * c.mean, default=None)
+    baselines = [c for c in scored if c.kind == "baseline"]
+    best_base = max(baselines, key=lambda c: sign * c.mean, default=None)
+    if best is None or best_base is None:
+        return Verdict(best, best_base, float("nan"), float("nan"), False,
+                       "No verdict: the baselines or the candidates have no finished confirmation runs.")
+    diff = sign * (best.mean - best_base.mean)
+    p = _welch_p(best.values, best_base.values, sign)
+    if best is best_base:
+        text = (f"No searched policy beats the baselines: the best confirmed policy is the baseline "
+                f"{best.name!r} ({metric} {best.mean:.4f} ± {best.std:.4f}).")
+        return Verdict(best, best_base, 0.0, float("nan"), False, text)
+    enough = len(best.values) > 1 and len(best_base.values) > 1
+    beats = enough and diff > max(best.std, best_base.std) and p < 0.05
+    how = "beats" if beats else "does not beat"
+    text = (f"{best.name!r} {how} the best baseline {best_base.name!r} beyond the seed noise: "
+            f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f} "
+            f"({'+' if diff >= 0 else ''}{diff:.4f}, Welch one-sided p = {p:.3f}, "
+            f"{len(best.values)} vs {len(best_base.values)} seeds).")
+    if not enough:
+        text += " Too few seeds to judge: use --confirm-seeds 3 or more."
+    return Verdict(best, best_base, diff, p, beats, text)
+
+
+def _welch_p(a: Sequence[float], b: Sequence[float], sign: float) -> float:
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy import stats
+
+    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
+        return 0.0 if sign * (statistics.fmean(a) - statistics.fmean(b)) > 0 else 1.0
+    res = stats.ttest_ind(a, b, equal_var=False, alternative="greater" if sign > 0 else "less")
+    return float(res.pvalue) if not math.isnan(res.pvalue) else 1.0
+
+
+# ---- tables ------------------------------------------------------------------------------------
+
+def summary_markdown(space_name: str, metric: str, mode: str, candidates: Sequence[Candidate],
+                     v: Verdict, search_rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    sign = 1 if mode == "max" else -1
+    lines = [f"# Sweep summary: {space_name}", ""]
+    lines += [f"- {k}: {val}" for k, val in meta.items()]
+    lines += ["", "## Verdict", "", v.text, "", f"## Confirmation ({metric}, mean ± std over seeds)", "",
+              "| policy | kind | mean | std | seeds | search value | parameters |", "|---|---|---|---|---|---|---|"]
+    for c in sorted(candidates, key=lambda c: -sign * c.mean if c.values else math.inf):
+        sv = f"{c.search_value:.4f}" if c.search_value is not None else ""
+        params = ", ".join(f"{k}={_fmt(val)}" for k, val in c.params.items())
+        lines.append(f"| {c.name} | {c.kind} | {c.mean:.4f} | {c.std:.4f} | {len(c.values)} | {sv} | {params} |")
+    lines += ["", f"## Search trials ({len(search_rows)})", "", f"| trial | status | {metric} | baseline | parameters |",
+              "|---|---|---|---|---|"]
+    for r in search_rows:
+        value = r.get("value")
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "—"
+        params = ", ".join(f"{k}={_fmt(val)}" for k, val in r.get("params", {}).items())
+        lines.append(f"| {r.get('trial_id')} | {r.get('status')} | {shown} | {r.get('baseline') or ''} | {params} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+def plot_history(rows: Sequence[dict[str, Any]], metric: str, mode: str, path: Path) -> Path:
+    """The search's optimisation history: each trial's value and the best so far."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys, best, best_y = [], [], [], None
+    for i, r in enumerate(rows):
+        value = r.get("value")
+        if not isinstance(value, float) or not math.isfinite(value):
+            continue
+        xs.append(i)
+        ys.append(value)
+        better = best_y is None or (value > best_y if mode == "max" else value < best_y)
+        best_y = value if better else best_y
+        best.append(best_y)
+    colours = ["tab:orange" if rows[i].get("baseline") else "tab:blue" for i in xs]
+    ax.scatter(xs, ys, c=colours, s=25, label="trial (orange: baseline)")
+    ax.plot(xs, best, color="black", lw=1, label="best so far")
+    ax.set(xlabel="trial (in start order)", ylabel=metric, title="Optimisation history")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_importance(importances: dict[str, float], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(importances) + 1)))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:blue")
+    ax.set(xlabel=f"importance ({IMPORTANCE_EVALUATOR}, Optuna)", title="Parameter importance")
+    return _save(fig, path)
+
+
+def plot_curves(candidates: Sequence[Candidate], metric: str, path: Path) -> Path:
+    """Validation metric against training time for the confirmed policies (one line per seed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, c in enumerate(candidates):
+        colour = f"C{i % 10}"
+        for j, curve in enumerate(c.curves):
+            if curve:
+                xs, ys = zip(*curve)
+                ax.plot(xs, ys, color=colour, lw=1, alpha=0.8, ls="--" if c.kind == "baseline" else "-",
+                        label=f"{c.name} ({c.kind})" if j == 0 else None)
+    ax.set(xlabel="training seconds (validation not charged)", ylabel=metric,
+           title="Validation metric vs training time (confirmation runs)")
+    ax.legend(loc="best", fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def param_importances(study: Any) -> dict[str, float]:
+    """Optuna parameter importances with the PED-ANOVA evaluator ({} when it cannot say)."""
+    import warnings
+
+    import optuna
+
+    try:
+        with warnings.catch_warnings():  # "some regimes have less than 2 trials" on small sweeps
+            warnings.simplefilter("ignore")
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except Exception:  # noqa: BLE001 - too few trials, a single value, conditional params...
+        return {}

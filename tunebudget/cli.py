@@ -27,13 +27,6 @@ def quiet_libraries(verbose: bool) -> None:
     for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna"):
         logging.getLogger(name).setLevel(level)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.WARNING)
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        pass
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:

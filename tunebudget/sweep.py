@@ -506,6 +506,7 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING)
     path = plan.root / "search"
     total = plan.trials + len(space.baselines)
     if resume and tune.Tuner.can_restore(str(path)):

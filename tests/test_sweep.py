@@ -1,0 +1,182 @@
+"""Sweeps with a real local Ray (2 CPUs), a real sqlite MLflow store and real training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def space_file(tmp: Path, trials: int = 4, samples: float = 4000, **sweep) -> Path:
+    data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+    data["budget"] = {"seconds": None, "samples": samples, "eval_every": 0.25}
+    data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2, **sweep})
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def client(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
+
+
+def runs_of(tmp: Path, experiment: str = "digits_mlp"):
+    c = client(tmp)
+    exp = c.get_experiment_by_name(experiment)
+    return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = space_file(tmp)
+    proc = run_cli("sweep", str(space), "--cpus-per-trial", "0.5", "--quiet", cwd=tmp, timeout=900)
+    return tmp, proc
+
+
+def test_sweep_finishes_with_a_verdict(finished_sweep):
+    tmp, proc = finished_sweep
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Verdict" in proc.stdout and "Best policy" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
+    tmp, _ = finished_sweep
+    c, runs = runs_of(tmp)
+    parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["space_hash"] and parent.data.tags["budget"] == "4000 samples"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    search = [r for r in children if r.data.tags["stage"] == "search"]
+    confirm = [r for r in children if r.data.tags["stage"] == "confirm"]
+    assert len(search) == 4 + 2  # trials + baselines
+    assert len({r.data.tags["trial_id"] for r in children}) == len(children)  # no duplicates
+    assert {r.data.tags.get("baseline") for r in search} >= {"full_linear", "rs2_half"}
+    # confirmation: top-1 and the two baselines (+ RS2 at the winner's ratio when it selects) x 2 seeds
+    assert len(confirm) in (6, 8)
+    assert all(r.data.tags.get("confirm") == "true" for r in confirm)
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["training.lr"] and r.data.params["selection.strategy"]
+        assert "test_accuracy" in r.data.metrics
+        history = c.get_metric_history(r.info.run_id, "val_accuracy")
+        assert len(history) >= 3
+        steps = [m.step for m in history]
+        assert steps == sorted(steps)  # step = elapsed training milliseconds
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"best_policy.yaml", "summary.md", "optimization_history.png", "validation_vs_time.png"} <= artifacts
+
+
+def test_baselines_are_evaluated_with_their_own_settings(finished_sweep):
+    tmp, _ = finished_sweep
+    _, runs = runs_of(tmp)
+    base = {r.data.tags["baseline"]: r for r in runs if r.data.tags.get("baseline")}
+    assert base["full_linear"].data.params["selection.strategy"] == "full"
+    assert base["full_linear"].data.params["training.lr"] == "0.1"  # the base policy's, not a random draw
+    assert base["rs2_half"].data.params["selection.ratio"] == "0.5"
+
+
+def test_concurrency_limit_holds(finished_sweep):
+    """cpus-per-trial 0.5 lets Ray fit 4 trials on 2 CPUs; the limit of 2 must hold anyway."""
+    tmp, _ = finished_sweep
+    _, runs = runs_of(tmp)
+    spans = [(r.info.start_time, r.info.end_time) for r in runs if r.data.tags.get("stage") == "search"]
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda t: (t[0], t[1]))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_export_then_train_replays_the_best_policy(finished_sweep):
+    tmp, _ = finished_sweep
+    out = tmp / "best_policy.yaml"
+    proc = run_cli("export", "digits_mlp", "-o", str(out), cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    policy = yaml.safe_load(out.read_text())
+    assert policy["name"] == "digits_mlp-best" and policy["budget"]["samples"] == 4000
+    result = tmp / "replay.json"
+    proc = run_cli("train", str(out), "--json", str(result), "--quiet", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(result.read_text())["test"]["accuracy"] > 0.8
+
+
+def test_report_writes_plots_and_summary(finished_sweep):
+    tmp, _ = finished_sweep
+    proc = run_cli("report", "digits_mlp", "-o", str(tmp / "report"), cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    files = {p.name for p in (tmp / "report").iterdir()}
+    assert {"summary.md", "optimization_history.png", "best_policy.yaml"} <= files
+    assert "## Verdict" in (tmp / "report" / "summary.md").read_text()
+
+
+def test_export_of_an_unknown_experiment_exits_2(finished_sweep):
+    tmp, _ = finished_sweep
+    proc = run_cli("export", "no_such_experiment", "-o", str(tmp / "x.yaml"), cwd=tmp)
+    assert proc.returncode == 2 and "no_such_experiment" in proc.stderr
+    assert not (tmp / "x.yaml").exists()
+
+
+def _wait_for_finished_children(tmp: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        if (tmp / "ray_results" / "resumable" / "tunebudget_sweep.json").exists():  # the store is set up
+            try:
+                _, runs = runs_of(tmp)
+            except Exception:  # noqa: BLE001 - the store is being created
+                runs = []
+            if sum(r.info.status == "FINISHED" and r.data.tags.get("stage") == "search" for r in runs) >= n:
+                return
+        time.sleep(1.0)
+    raise AssertionError("the sweep did not finish trials in time")
+
+
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
+    space = space_file(tmp_path, trials=6, samples=20000)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet",
+           "--confirm-seeds", "0"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_finished_children(tmp_path, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "--resume" in err
+    _, before = runs_of(tmp_path)
+    finished_before = {r.data.tags["trial_id"]: r.info.run_id for r in before
+                       if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
+    assert 2 <= len(finished_before) < 8
+
+    again = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, after = runs_of(tmp_path)
+    parents = [r for r in after if r.data.tags.get("tunebudget_role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    search = [r for r in after if r.data.tags.get("stage") == "search"]
+    trial_ids = [r.data.tags["trial_id"] for r in search]
+    assert len(trial_ids) == len(set(trial_ids)) == 6 + 2  # every trial once
+    assert all(r.info.status == "FINISHED" for r in search)
+    for trial_id, run_id in finished_before.items():  # finished runs were kept, not re-logged
+        assert {r.info.run_id for r in search if r.data.tags["trial_id"] == trial_id} == {run_id}

@@ -24,8 +24,10 @@ log = logging.getLogger("tunebudget")
 def quiet_libraries(verbose: bool) -> None:
     """MLflow, Optuna and Ray log at INFO by default; the CLI shows its own progress instead."""
     level = logging.INFO if verbose else logging.WARNING
-    for name in ("mlflow", "alembic", "ray", "ray.tune", "optuna"):
+    for name in ("mlflow", "alembic", "ray", "optuna"):
         logging.getLogger(name).setLevel(level)
+    # Tune prints trial-error blocks itself; the sweep reports failures (and MLflow keeps the traceback)
+    logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 

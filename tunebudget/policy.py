@@ -89,6 +89,8 @@ class BudgetSpec(_Section):
     samples: Optional[float] = Field(default=None, gt=0)
     #: Share of the budget between validations (0.1: ten validations per run).
     eval_every: float = Field(default=0.1, gt=0, le=1)
+    #: Validation samples used by the periodic validations (null: all); the final one uses all.
+    eval_samples: Optional[int] = Field(default=None, ge=1)
     #: Cost of a forward-only scoring pass relative to a training pass (sample budget only).
     scoring_cost: float = Field(default=1.0 / 3.0, gt=0, le=1)
 

@@ -376,10 +376,29 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     )
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an unreachable cluster: ``ray.init`` would retry for minutes before giving up."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise TuneBudgetError(f"--address {address}: expected host:port of the Ray head (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TuneBudgetError(f"--address {address}: cannot reach the Ray head ({exc.strerror or exc}); check that "
+                              "'ray start --head' runs there and the port is open, or leave --address out") from None
+
+
 def connect_ray(plan: Plan) -> dict[str, float]:
     """Start a local Ray (or join ``plan.address``) and check it has what the trials ask for."""
     import ray
 
+    if plan.address:
+        check_address(plan.address)
     if ray.is_initialized():
         ray.shutdown()
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,

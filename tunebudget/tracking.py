@@ -52,16 +52,23 @@ class Tracker:
 
     def __init__(self, uri: Optional[str] = None) -> None:
         # fail fast against an unreachable server instead of MLflow's long default retry loop
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." lines
         from mlflow.tracking import MlflowClient
 
+        # MLflow configures its loggers at import (INFO "Creating initial MLflow database tables...")
+        if not logging.getLogger("tunebudget").isEnabledFor(logging.DEBUG):
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.uri = resolve_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
 
     # ---- connection -------------------------------------------------------------------------
     def check(self) -> None:
         """Raise a TuneBudgetError (one line) when the store cannot be reached or refuses us."""
+        retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # an unreachable server fails now, not in minutes
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; all mean "cannot use it"
@@ -70,6 +77,11 @@ class Tracker:
                     if "401" in text or "403" in text or "nauthori" in text
                     else "start the server or fix --tracking-uri / MLFLOW_TRACKING_URI")
             raise TuneBudgetError(f"--tracking-uri {self.uri}: cannot use the tracking store ({text}); {hint}") from None
+        finally:
+            if retries is None:
+                os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+            else:
+                os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
 
     # ---- experiments and runs ---------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:

@@ -151,7 +151,7 @@ class BudgetTrainer:
         if t.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum,
                                    nesterov=t.nesterov and t.momentum > 0, **fused)
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum or 0.9, 0.999), **fused)
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -297,8 +297,11 @@ class BudgetTrainer:
 
     def _validate(self, stats: _Stats, final: bool = False) -> dict[str, Any]:
         train_loss = stats.train_loss()
+        split, k = self.data.val, self.policy.budget.eval_samples
+        if k and not final and k < len(split):  # the validation split is already a random draw
+            split = Split(split.x[:k], split.y[:k])
         with self.clock.paused():
-            val = self.evaluate(self.data.val)
+            val = self.evaluate(split)
         train_s = self.clock.train_seconds()
         metrics = {
             "progress": self.clock.progress(),

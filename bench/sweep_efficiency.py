@@ -1,0 +1,82 @@
+"""How much of a sweep's machine time goes into training: utilisation and per-trial overhead.
+
+Runs a real sweep (local Ray, a throw-away sqlite MLflow store in a temporary directory) of the
+Fashion-MNIST CNN space with ``--budget`` seconds per trial and ``--concurrency`` trials at once,
+without the confirmation stage, then reads every trial back from MLflow and prints:
+
+* ``utilisation`` = Σ trial training seconds / (wall seconds × concurrency), for the search stage
+  (first trial start to last trial end) and for the whole command (Ray start-up, MLflow set-up and
+  the summary included). Validation is not training: a trial's eval_seconds count as overhead.
+* ``per-trial overhead`` = a trial's wall time (MLflow run start to end, as the driver saw it)
+  minus its training seconds: set-up, data loading (cached per worker), validation, reporting.
+
+Usage:
+    python bench/sweep_efficiency.py                          # 8 trials x 20 s, 2 concurrent
+    python bench/sweep_efficiency.py --trials 4 --budget 10   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--space", default=str(ROOT / "search_spaces/fashion_mnist_cnn.yaml"))
+    ap.add_argument("--trials", type=int, default=8, help="searched trials (the space's baselines run too)")
+    ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--json", help="also write the figures as JSON here")
+    args = ap.parse_args()
+
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, run_sweep
+
+    space = load_space(args.space)
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        t0 = time.time()
+        outcome = run_sweep(space, SweepOptions(trials=args.trials, budget=args.budget, concurrency=args.concurrency,
+                                                confirm_seeds=0, quiet=True, name="efficiency"))
+        wall = time.time() - t0
+        client = MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow' / 'mlflow.db'}")
+        runs = [r for r in client.search_runs([client.get_experiment_by_name(outcome.experiment).experiment_id],
+                                              max_results=1000) if r.data.tags.get("stage") == "search"]
+    train = [r.data.metrics.get("train_seconds", 0.0) for r in runs]
+    spans = [((r.info.end_time - r.info.start_time) / 1000.0) for r in runs]
+    stage_wall = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000.0
+    overhead = [s - t for s, t in zip(spans, train)]
+    evals = [r.data.metrics.get("eval_seconds", 0.0) for r in runs]
+    util_stage = sum(train) / (stage_wall * args.concurrency)
+    util_all = sum(train) / (wall * args.concurrency)
+    print(f"# sweep efficiency: {space.name}, {len(runs)} trials x {args.budget:g} s, {args.concurrency} concurrent")
+    print("\n| figure | value |\n|---|---|")
+    print(f"| utilisation, search stage | {util_stage:.3f} |")
+    print(f"| utilisation, whole command | {util_all:.3f} |")
+    print(f"| Σ training seconds | {sum(train):.1f} |")
+    print(f"| search stage wall seconds | {stage_wall:.1f} |")
+    print(f"| whole command wall seconds | {wall:.1f} |")
+    print(f"| per-trial overhead, median (s) | {statistics.median(overhead):.2f} |")
+    print(f"| per-trial overhead, first trials (s) | {max(overhead):.2f} |")
+    print(f"| of which validation, median (s) | {statistics.median(evals):.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"utilisation_stage": util_stage, "utilisation_all": util_all,
+                                               "overhead": overhead, "train": train, "wall": wall}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

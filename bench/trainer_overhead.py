@@ -45,6 +45,7 @@ POLICIES = {
     "sample-entropy": {"strategy": "sample", "scorer": "entropy", "ratio": 0.5},
     "infobatch": {"strategy": "infobatch", "scorer": "loss", "ratio": 0.5},
     "rs2": {"strategy": "rs2", "ratio": 0.5},
+    "topk-assistant": {"strategy": "topk", "scorer": "assistant", "ratio": 0.5, "rerank_every": 1},
     "topk-rescore": {"strategy": "topk", "scorer": "loss", "ratio": 0.5, "rerank_every": 1, "rescore": True},
 }
 

@@ -142,3 +142,25 @@ def test_full_strategy_is_a_permutation_every_epoch():
     for p, _ in itertools.product((0.0, 0.5, 0.99), range(2)):
         plan = sel.plan(p)
         assert plan.phase == "full" and sorted(plan.order.tolist()) == list(range(20))
+
+
+def test_assistant_learns_which_samples_have_above_mean_loss():
+    from tunebudget.selection import Assistant
+
+    torch.manual_seed(0)
+    n, d = 2000, 6
+    x = torch.randn(n, d)
+    y = torch.randint(0, 3, (n,))
+    hard = x[:, 0] > 0.5  # the loss depends on a feature the assistant can see
+    losses = torch.where(hard, 2.0 + torch.rand(n), 0.2 * torch.rand(n))
+    a = Assistant((d,), 3, CPU)
+    for _ in range(5):
+        for idx in torch.randperm(n).split(64):
+            a.update(x[idx], y[idx], losses[idx])
+    p = a.predict(x, y)
+    assert p[hard].mean() > 0.8 and p[~hard].mean() < 0.2
+    # its scores make top-k keep the hard samples
+    sel = selector(n, strategy="topk", ratio=float(hard.float().mean()), scorer="assistant")
+    sel.observe(torch.arange(n), p)
+    kept = sel.plan(0.5).order
+    assert hard[kept].float().mean() > 0.9

@@ -111,3 +111,11 @@ def test_augmentation_keeps_shape_and_content():
     # every output value is either padding (0) or a pixel of the same image
     for i in range(2):
         assert set(out[i].flatten().tolist()) <= set(x[i].flatten().tolist()) | {0.0}
+
+
+@pytest.mark.parametrize("strategy", ["topk", "sample", "infobatch"])
+def test_assistant_scorer_trains_and_its_cost_is_charged(strategy):
+    result = train(selection={"strategy": strategy, "scorer": "assistant", "ratio": 0.4, "warmup": 0.2},
+                   budget={"seconds": 1.5, "samples": None})
+    assert result.status == "completed" and result.test["accuracy"] > 0.8
+    assert result.stats["scoring_seconds"] > 0  # assistant scoring runs inside the budget

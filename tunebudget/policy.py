@@ -36,7 +36,7 @@ DATASETS: dict[str, str] = {
 }
 #: Built-in models; any ``package.module:factory`` callable is accepted too.
 MODELS = ("mlp", "cnn", "resnet18")
-SCORERS = ("loss", "margin", "entropy", "random")
+SCORERS = ("loss", "margin", "entropy", "random", "assistant")
 STRATEGIES = ("full", "topk", "sample", "infobatch", "rs2")
 SCHEDULES = ("constant", "linear", "cosine", "step", "exponential")
 #: Top-level sections of a search-space file that are not part of the policy.
@@ -140,7 +140,7 @@ class SelectionSpec(_Section):
     """
 
     strategy: Literal["full", "topk", "sample", "infobatch", "rs2"] = "full"
-    scorer: Literal["loss", "margin", "entropy", "random"] = "loss"
+    scorer: Literal["loss", "margin", "entropy", "random", "assistant"] = "loss"
     ratio: float = Field(default=1.0, gt=0, le=1)
     warmup: float = Field(default=0.0, ge=0, lt=1)
     rerank_every: int = Field(default=1, ge=1, le=1000)
@@ -186,7 +186,7 @@ class BudgetPolicy(_Section):
         if self.task.kind == "regression" and self.selection.scorer in ("margin", "entropy"):
             raise ValueError(
                 f"selection.scorer {self.selection.scorer!r} needs class scores but task.dataset "
-                f"{self.task.dataset!r} is a regression task; use scorer loss or random"
+                f"{self.task.dataset!r} is a regression task; use scorer loss, random or assistant"
             )
         return self
 

@@ -9,6 +9,8 @@
   final linear layer it falls back to the plain logit margin ``-(z1 - z2)``.
 * ``entropy``: the entropy of the softmax.
 * ``random``: uniform noise (the control).
+* ``assistant``: the predicted probability, from a small model trained alongside the main one,
+  that the sample's loss is above the running mean (see :class:`Assistant`).
 
 **Strategies** turn scores into the index tensor of one epoch (and per-sample loss weights):
 
@@ -226,3 +228,64 @@ class Selector:
             self._rs2_perm = torch.cat([self._rs2_perm, rest, fresh[torch.isin(fresh, self._rs2_perm)]])
         out, self._rs2_perm = self._rs2_perm[:k], self._rs2_perm[k:]
         return out
+
+
+# ---- the learned assistant (AutoAssist) ----------------------------------------------------------
+
+
+class Assistant:
+    """A small model that predicts which samples are worth a gradient (AutoAssist-style).
+
+    Zhang et al., "AutoAssist: A Framework to Accelerate Training of Deep Neural Networks",
+    NeurIPS 2019 (https://arxiv.org/abs/1905.03381). A logistic regression on cheap features
+    (the input average-pooled to at most 8x8 per channel, plus the one-hot label) is trained
+    alongside the main model, one SGD step per training batch, to predict whether a sample's
+    loss is above the running mean loss. Its predicted probability is the sample's importance:
+    at each re-rank all samples are scored by the assistant instead of by a forward pass of the
+    main model. Its training and scoring run inside the budget (wall-clock time; a sample budget
+    does not charge them). The selection ``floor`` keeps every sample's chance above zero.
+
+    Args:
+        input_shape: per-sample input shape.
+        num_classes: classes (1 for regression: the target itself is a feature).
+        device: where it lives.
+        lr: its SGD learning rate.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, device: torch.device, lr: float = 0.1) -> None:
+        self.image = len(input_shape) == 3
+        self.num_classes = num_classes
+        feat = (input_shape[0] * min(8, input_shape[1]) * min(8, input_shape[2])) if self.image else input_shape[0]
+        self.linear = torch.nn.Linear(feat + num_classes, 1).to(device)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+        self.opt = torch.optim.SGD(self.linear.parameters(), lr=lr, momentum=0.9)
+        self.mean_loss: Optional[torch.Tensor] = None
+
+    def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.image:
+            h, w = min(8, x.shape[2]), min(8, x.shape[3])
+            x = F.adaptive_avg_pool2d(x.float(), (h, w))
+        x = x.float().flatten(1)
+        label = F.one_hot(y.long(), self.num_classes).float() if self.num_classes > 1 else y.float().view(-1, 1)
+        return torch.cat([x, label], dim=1)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> None:
+        """One step towards predicting ``loss > running mean`` for this batch."""
+        losses = losses.detach().float()
+        batch_mean = losses.mean()
+        self.mean_loss = batch_mean if self.mean_loss is None else 0.9 * self.mean_loss + 0.1 * batch_mean
+        target = (losses > self.mean_loss).float()
+        with torch.enable_grad():
+            logits = self.linear(self.features(x, y)).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits, target)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """Predicted probability that each sample's loss is above the running mean."""
+        out = [torch.sigmoid(self.linear(self.features(xb, yb)).squeeze(1))
+               for xb, yb in zip(x.split(chunk), y.split(chunk))]
+        return torch.cat(out)

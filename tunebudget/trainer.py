@@ -29,7 +29,7 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.models import build_model, count_parameters, final_linear
 from tunebudget.policy import BudgetPolicy
 from tunebudget.schedules import lr_multiplier
-from tunebudget.selection import EpochPlan, Selector, importance
+from tunebudget.selection import Assistant, EpochPlan, Selector, importance
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ class BudgetTrainer:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else None
         self.clock = BudgetClock(policy.budget, sync=sync)
         self.selector = Selector(policy.selection, len(self.data.train), self.device, self.gen)
+        self.assistant = Assistant(self.data.input_shape, self.data.num_outputs, self.device) \
+            if policy.selection.scorer == "assistant" and policy.selection.selective else None
         self.compile_seconds = 0.0
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -211,6 +213,22 @@ class BudgetTrainer:
         self.clock.charge_scoring(len(train))
         self.model.train()
 
+    def _rescore_due(self, p: float) -> bool:
+        """Fresh scores of all samples before this epoch: the assistant's, or a scoring pass."""
+        if self.selector.phase(p) != "select":
+            return False
+        if self.assistant is not None:  # cheap: every re-rank, and every epoch for infobatch
+            return self.selector.needs_rescore(p) or self.policy.selection.strategy == "infobatch"
+        return self.policy.selection.rescore and self.selector.needs_rescore(p)
+
+    def _refresh_scores(self) -> None:
+        if self.assistant is None:
+            self._scoring_pass()
+            return
+        train = self.data.train
+        with self.clock.scoring():
+            self.selector.observe(torch.arange(len(train), device=self.device), self.assistant.predict(train.x, train.y))
+
     def _importance(self, out: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         weight = self.head.weight.detach() if self.head is not None else None
         return importance(self.policy.selection.scorer, out.detach(), losses.detach(), weight, self.gen)
@@ -236,8 +254,8 @@ class BudgetTrainer:
 
     def _plan_epoch(self, stats: _Stats) -> EpochPlan:
         p = self.clock.progress()
-        if self.policy.selection.rescore and self.selector.needs_rescore(p):
-            self._scoring_pass()
+        if self._rescore_due(p):
+            self._refresh_scores()
         t0 = time.perf_counter()
         plan = self.selector.plan(p)
         stats.selection_seconds += time.perf_counter() - t0
@@ -281,7 +299,9 @@ class BudgetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.policy.selection.selective:
+        if self.assistant is not None:
+            self.assistant.update(xb, yb, losses)
+        elif self.policy.selection.selective:
             self.selector.observe(idx, self._importance(out, losses))
         stats.seen[idx] = True
         stats.loss_sum += losses.detach().sum()

@@ -78,7 +78,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tunebudget.spaces import load_space
 
     space = load_space(args.space)
-    from tunebudget.progress import out_console
     from tunebudget.sweep import SweepInterrupted, SweepOptions, run_sweep
 
     opts = SweepOptions(
@@ -94,11 +93,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
               f"tunebudget sweep {args.space} --resume --name {exc}", file=sys.stderr)
         return 130
-    out_console.print(outcome.summary_md, markup=False, highlight=False)
-    out_console.print(f"[bold]Best policy[/bold] (parent run {outcome.parent_id}, experiment {outcome.experiment}):")
-    out_console.print(outcome.best_policy.to_yaml(), markup=False, highlight=False)
-    out_console.print(f"[bold]Verdict:[/bold] {outcome.verdict.text}", highlight=False)
-    out_console.print(f"Export it with: tunebudget export {outcome.experiment} -o best_policy.yaml", highlight=False)
+    # plain print: markdown tables and YAML must not be re-wrapped to the terminal width
+    print(outcome.summary_md)
+    print(f"Best policy (parent run {outcome.parent_id}, experiment {outcome.experiment}):\n")
+    print(outcome.best_policy.to_yaml())
+    print(f"Verdict: {outcome.verdict.text}")
+    print(f"Export it with: tunebudget export {outcome.experiment} -o best_policy.yaml")
     return 0
 
 

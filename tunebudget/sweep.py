@@ -137,6 +137,9 @@ def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
 
 def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric: str, mode: str) -> None:
     """Ray Tune function trainable: one BudgetTrainer run, reporting each validation."""
+    import socket
+
+    import ray
     import torch
     from ray import tune
 
@@ -157,6 +160,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float)) and v is not None})
     final["diverged"] = int(result.status == "diverged")
     final["finished"] = 1  # marks a trial that ran to its end (an interrupted one never reports this)
+    final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)
+    final["hostname"] = socket.gethostname()
     if result.status == "diverged" or metric not in final:
         final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged policies lose
     tune.report(final)
@@ -216,8 +221,10 @@ class TrialLogger:
         run_id = self.runs.pop(trial.trial_id, None)
         if run_id is None:
             return
-        tags: dict[str, Any] = {"trial_status": status}
         last = trial.last_result or {}
+        tags: dict[str, Any] = {"trial_status": status, "ray_node_id": last.get("node_id"),
+                                "hostname": last.get("hostname")}
+        tags = {k: v for k, v in tags.items() if v is not None}
         if last.get("diverged"):
             tags["diverged"] = "true"
         if error:

@@ -101,7 +101,6 @@ def test_sweep_logs_parent_and_children_to_the_server(services, sweep, client):
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["stage"] == "search"
         assert "test_accuracy" in r.data.metrics and r.data.params["selection.strategy"]
-        assert r.info.user_id == server.username  # the authenticated user owns the run
     # artifacts went through the server's proxy into --artifacts-destination
     assert {"best_policy.yaml", "summary.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert list(server.artifacts.rglob("best_policy.yaml"))

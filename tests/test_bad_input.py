@@ -1,0 +1,180 @@
+"""Bad input to `tunebudget sweep` and friends: one line, exit 2, nothing left behind.
+
+Plus property-based tests: no input to the policy or search-space parsers gives a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+import string
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunebudget.errors import TuneBudgetError
+from tunebudget.policy import policy_from_dict
+from tunebudget.spaces import load_space
+
+from conftest import ROOT, run_cli, tiny_policy
+
+DIGITS = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+
+
+def space_with(tmp: Path, mutate) -> Path:
+    data = copy.deepcopy(DIGITS)
+    mutate(data)
+    path = tmp / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def assert_clean_failure(proc, tmp: Path, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tunebudget: error: "), proc.stderr
+    for f in fragments:
+        assert f in lines[0]
+    assert not (tmp / "ray_results").exists()  # no Ray experiment written
+    db = tmp / "mlflow" / "mlflow.db"
+    if db.exists():  # the store may have been reached, but no run was created
+        assert sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 0
+    optuna_db = tmp / "mlflow" / "optuna.db"
+    if optuna_db.exists():
+        assert sqlite3.connect(optuna_db).execute("select count(*) from studies").fetchone()[0] == 0
+
+
+SPACE_ERRORS = [
+    (lambda d: d["search"].__setitem__("training.lr", {"type": "float", "low": 0.5, "high": 0.1}), "inverted"),
+    (lambda d: d["search"].__setitem__("training.lr", {"type": "float", "low": 0.1, "high": 0.1}), "empty or inverted"),
+    (lambda d: d["search"].__setitem__("training.lr", {"type": "float", "low": 0, "high": 1, "log": True}), "log"),
+    (lambda d: d["search"].__setitem__("selection.scorer", {"type": "categorical", "choices": []}), "choices"),
+    (lambda d: d["search"].__setitem__("training.lrr", {"type": "float", "low": 0.1, "high": 1}), "training.lrr"),
+    (lambda d: d["search"].__setitem__("training.lr", {"type": "uniform", "low": 0.1, "high": 1}), "search.training.lr"),
+    (lambda d: d["search"].__setitem__("training.lr", {"type": "float", "low": 0.1, "high": 1, "wen": {}}), "wen"),
+    (lambda d: d["search"].__setitem__("selection.final_full", {"type": "float", "low": 0.0, "high": 0.6}),
+     "invalid policy"),  # warm-up up to 0.5 plus final_full up to 0.6 can exceed the budget
+    (lambda d: d["sweep"].__setitem__("trails", 5), "sweep.trails"),
+    (lambda d: d["sweep"].__setitem__("trials", 0), "sweep.trials"),
+    (lambda d: d["sweep"].__setitem__("resources", {"cpu": 1, "tpu": 1}), "tpu"),
+    (lambda d: d["sweep"].__setitem__("sampler", "grid"), "sweep.sampler"),
+    (lambda d: d["baselines"].append({"name": "full_linear", "set": {}}), "unique"),
+    (lambda d: d["baselines"].append({"name": "x", "set": {"training.lr": 5.0}}), "outside search.training.lr"),
+    (lambda d: d["baselines"].append({"name": "x", "set": {"training.momentum": 0.5}}), "not a searched parameter"),
+    (lambda d: d["baselines"].append({"name": "x", "set": {"selection.ratio": 2}}), "selection.ratio"),
+    (lambda d: d.__setitem__("search", ["training.lr"]), "search"),
+    (lambda d: d["task"].__setitem__("dataset", "imagenet"), "task.dataset"),
+]
+
+
+@pytest.mark.parametrize("mutate, fragment", SPACE_ERRORS, ids=[f for _, f in SPACE_ERRORS])
+def test_bad_search_spaces_are_named(cli, tmp_path, monkeypatch, mutate, fragment):
+    monkeypatch.chdir(tmp_path)
+    proc = cli("sweep", str(space_with(tmp_path, mutate)))
+    assert_clean_failure(proc, tmp_path, fragment, "space.yaml")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--trials", "0"], "--trials"), (["--budget", "0"], "--budget"), (["--concurrency", "0"], "--concurrency"),
+    (["--confirm-seeds", "-1"], "--confirm-seeds"), (["--cpus-per-trial", "0"], "--cpus-per-trial"),
+    (["--resume"], "--resume"), (["--address", "nonsense"], "--address"),
+])
+def test_bad_sweep_flags(cli, tmp_path, monkeypatch, flags, fragment):
+    monkeypatch.chdir(tmp_path)
+    proc = cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), *flags)
+    assert_clean_failure(proc, tmp_path, fragment)
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--tracking-uri", "http://127.0.0.1:9",
+                   cwd=tmp_path, timeout=120)
+    assert_clean_failure(proc, tmp_path, "--tracking-uri http://127.0.0.1:9")
+
+
+def test_unreachable_ray_address_fails_fast(tmp_path):
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--address", "127.0.0.1:9",
+                   cwd=tmp_path, timeout=120)
+    assert_clean_failure(proc, tmp_path, "--address 127.0.0.1:9", "cannot reach")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_gpus_per_trial_without_a_gpu(tmp_path):
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--gpus-per-trial", "0.5",
+                   cwd=tmp_path, timeout=180)
+    assert_clean_failure(proc, tmp_path, "--gpus-per-trial")
+
+
+def test_export_needs_a_finished_sweep_or_allow_partial(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from tunebudget.tracking import Tracker
+
+    tracker = Tracker()
+    exp = tracker.experiment_id("half_done")
+    tracker.start_run(exp, "sweep-x", {"tunebudget_role": "sweep", "sweep_name": "x"})
+    proc = cli("export", "half_done", "-o", str(tmp_path / "p.yaml"))
+    assert proc.returncode == 2 and "has not finished" in proc.stderr and "--allow-partial" in proc.stderr
+    proc = cli("export", "half_done", "-o", str(tmp_path / "p.yaml"), "--allow-partial")
+    assert proc.returncode == 2 and "no finished trial" in proc.stderr
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# ---- property-based: parsing never gives a traceback --------------------------------------
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(string.printable, max_size=12))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                        st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                      max_leaves=8)
+BASE = tiny_policy()
+PATHS = [(s, k) for s, sec in BASE.items() if isinstance(sec, dict) for k in sec] + [(s, None) for s in BASE]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.sampled_from(PATHS + [("junk", None)]), values), max_size=4))
+def test_policy_parsing_never_tracebacks(edits):
+    data = copy.deepcopy(BASE)
+    for (section, key), value in edits:
+        if key is None:
+            data[section] = value
+        elif isinstance(data.get(section), dict):
+            data[section][key] = value
+    try:
+        policy_from_dict(data, "fuzz.yaml")
+    except TuneBudgetError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("fuzz.yaml")
+
+
+SPACE_KEYS = ["search", "sweep", "baselines"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(section=st.sampled_from(SPACE_KEYS), key=st.sampled_from(["training.lr", "selection.ratio", "trials", "x"]),
+       value=values)
+def test_space_parsing_never_tracebacks(tmp_path, section, key, value):
+    data = copy.deepcopy(DIGITS)
+    if section == "baselines":
+        data["baselines"] = [{"name": "b", "set": {key: value}}] if isinstance(value, (int, float, str)) else value
+    else:
+        data[section] = {**(data.get(section) or {}), key: value}
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        load_space(path)
+    except TuneBudgetError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_arbitrary_text_files_never_traceback(tmp_path, text):
+    path = tmp_path / "text.yaml"
+    path.write_text(text)
+    try:
+        load_space(path)
+    except TuneBudgetError:
+        pass

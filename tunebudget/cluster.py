@@ -1,0 +1,116 @@
+"""Multi-node Ray clusters: checks a sweep runs before any trial starts.
+
+Ray Tune writes every trial's results and checkpoints to the sweep's ``--storage-path`` from the
+node the trial runs on, and the driver reads them back. On a cluster of more than one node a local
+path therefore has to be the *same* storage on every node (NFS, a shared mount), or a URI such as
+``s3://bucket/prefix``. ``check_shared_storage`` proves it before the sweep starts: the driver writes
+a marker file and a tiny task pinned to each alive node looks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+from tunebudget.errors import TuneBudgetError
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for every node's probe (a node may first have to start a worker process).
+PROBE_TIMEOUT = 60.0
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def local_path(storage_path: str) -> Optional[Path]:
+    """The local directory a storage path names, or None for a remote URI (s3://, gs://, ...)."""
+    text = str(storage_path)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):])
+    if _URI.match(text):
+        return None
+    return Path(text).expanduser().resolve()
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """The connected cluster's alive nodes (``ray.nodes()`` entries)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def node_label(node: dict[str, Any]) -> str:
+    """``address (node id prefix)``: several nodes may share one address (one host, or behind NAT)."""
+    return f"{node.get('NodeManagerAddress', '?')} ({str(node.get('NodeID', ''))[:12]})"
+
+
+def _probe(path: str, token: str) -> dict[str, Any]:
+    """Runs on one node: is the driver's marker there, with the driver's contents?"""
+    import os
+
+    try:
+        with open(path) as f:
+            seen = f.read() == token
+    except OSError:
+        seen = False
+    return {"visible": seen, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Raise TuneBudgetError when a local ``storage_path`` is not the same storage on every node.
+
+    Nothing to check on a one-node cluster or for a URI (``s3://``, ``gs://``: Tune reaches it from
+    every node by itself). Otherwise the driver writes a marker with a random token under
+    ``storage_path`` (creating the directory, as the sweep would) and a zero-CPU task pinned to each
+    alive node reads it back; the marker is removed afterwards. A node that does not answer within
+    ``timeout`` seconds is only warned about: it may be busy or leaving, which proves nothing about
+    its storage.
+
+    Requires ``ray.init`` to have connected already.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    path = local_path(storage_path)
+    if path is None:
+        return
+    nodes = alive_nodes()
+    if len(nodes) < 2:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneBudgetError(f"--storage-path {storage_path}: cannot create it ({exc.strerror or exc}); "
+                              "give a writable directory on shared storage, or an s3:// URI") from None
+    token = secrets.token_hex(16)
+    marker = path / f".tunebudget-shared-check-{token[:12]}"
+    marker.write_text(token)
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    try:
+        refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                              name="tunebudget_storage_check").remote(str(marker), token): n for n in nodes}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        blind, silent = [], [refs[r] for r in pending]
+        for ref in ready:
+            try:
+                answer = ray.get(ref)
+            except Exception:  # noqa: BLE001 - the node died or its worker failed: no answer
+                silent.append(refs[ref])
+                continue
+            if not answer["visible"]:
+                blind.append(refs[ref])
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    finally:
+        marker.unlink(missing_ok=True)
+    if silent:
+        log.warning("--storage-path %s: could not check it on node(s) %s (no answer in %.0f s)", storage_path,
+                    ", ".join(node_label(n) for n in silent), timeout)
+    if blind:
+        raise TuneBudgetError(
+            f"--storage-path {storage_path}: not visible from node(s) {', '.join(node_label(n) for n in blind)} "
+            "(multi-node sweeps need shared storage: NFS or s3://...); mount the same directory at the same path "
+            "on every node, or pass --storage-path s3://bucket/prefix")

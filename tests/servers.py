@@ -301,12 +301,16 @@ def start_mlflow_server(backend_store_uri: str, auth_db: Optional[str] = None, u
         "default_permission = READ\n"
         f"database_uri = {auth_db}\n"
         f"admin_username = {username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # every request otherwise re-checks the password hash (PBKDF2, seconds on a busy 2-core box)
+        "auth_cache_ttl_seconds = 600\n")
     auth_ini.chmod(0o600)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update({"MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16), "PYTHONUNBUFFERED": "1"})
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16), "PYTHONUNBUFFERED": "1",
+                # no GenAI job runners (huey consumers, a store in /dev/shm): tunebudget does not use them
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     log = top / "server.log"
     cmd = [python, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),

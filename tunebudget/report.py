@@ -173,7 +173,8 @@ def plot_curves(candidates: Sequence[Candidate], metric: str, path: Path) -> Pat
                         label=f"{c.name} ({c.kind})" if j == 0 else None)
     ax.set(xlabel="training seconds (validation not charged)", ylabel=metric,
            title="Validation metric vs training time (confirmation runs)")
-    ax.legend(loc="best", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=7)
     return _save(fig, path)
 
 

@@ -12,8 +12,9 @@ baselines:                            # always evaluated first (Optuna points_to
   - {name: full_linear, set: {selection.strategy: full, training.schedule: linear}}
 ```
 
-``when`` makes a parameter conditional on earlier categorical choices (a define-by-run space):
+``when`` makes a parameter conditional on other parameters' values (a define-by-run space):
 when the condition fails the parameter is not sampled and the base policy's value stands.
+Parameters are sampled in file order, except that one comes after those its ``when`` names.
 A space is checked when it is loaded, before any trial starts: every name must be a policy
 field, every range valid, every baseline a valid policy, and a sample of random draws from the
 space must all be valid policies.
@@ -224,16 +225,27 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
 
 def _check_param_names(path: str, base: BudgetPolicy, params: dict[str, ParamSpec]) -> None:
     flat = base.flat()
-    for i, (name, spec) in enumerate(params.items()):
+    for name, spec in params.items():
         if name not in flat or name in ("schema_version", "name"):
             raise TuneBudgetError(
                 f"{path}: search.{name}: not a policy field; use dotted keys such as training.lr or selection.ratio")
-        earlier = list(params)[:i]
         for key in spec.when:
             if key not in flat:
                 raise TuneBudgetError(f"{path}: search.{name}.when: {key!r} is not a policy field")
-            if key in params and key not in earlier:
-                raise TuneBudgetError(f"{path}: search.{name}.when: {key!r} must be listed before {name!r}")
+
+
+def _sampling_order(path: str, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+    """File order, except that a parameter comes after those its ``when`` depends on."""
+    ordered: dict[str, ParamSpec] = {}
+    pending = dict(params)
+    while pending:
+        ready = [n for n, spec in pending.items() if all(k in ordered or k not in params for k in spec.when)]
+        if not ready:
+            raise TuneBudgetError(f"{path}: search: the 'when' conditions of {', '.join(pending)} depend on each "
+                                  "other in a cycle; remove one of the conditions")
+        for name in ready:
+            ordered[name] = pending.pop(name)
+    return ordered
 
 
 def _check_baselines(space: SearchSpace) -> None:
@@ -281,6 +293,7 @@ def load_space(path: Union[str, os.PathLike[str]]) -> SearchSpace:
         raise TuneBudgetError(f"{p}: baselines: expected a list of {{name, set}} entries")
     baselines = [_validate(BaselineSpec, b, f"{p}: baselines[{i}]") for i, b in enumerate(raw_baselines)]
     _check_param_names(p, base, params)
+    params = _sampling_order(p, params)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     space = SearchSpace(p, base, params, sweep, baselines, digest, data)
     _check_baselines(space)

@@ -695,9 +695,12 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         plan, state = _resume_plan(space, opts)
     else:
         plan, state = make_plan(space, opts), {}
+    t0 = time.perf_counter()
     tracker = Tracker(plan.tracking_uri or None)
     tracker.check()
+    log.info("tracking store %s reached in %.1f s", tracker.uri, time.perf_counter() - t0)
     resources = connect_ray(plan)
+    log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, resources)
     INTERRUPTED.clear()
     try:
         if not state:
@@ -713,8 +716,10 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
             opts: SweepOptions) -> SweepOutcome:
     resume = opts.resume
     labels = {label_key(p): b.name for p, b in zip(space.baseline_points(), space.baselines)}
+    t0 = time.perf_counter()
     if state.get("stage") == "search":
         grid = run_search(plan, space, ids, resume, opts.quiet)
+        log.info("search stage done in %.1f s", time.perf_counter() - t0)
         rows = search_rows(grid, plan, labels)
         if INTERRUPTED.is_set() or any(r["status"] == "INTERRUPTED" for r in rows):
             raise SweepInterrupted(plan.name)
@@ -727,11 +732,13 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
         if INTERRUPTED.is_set():
             raise SweepInterrupted(plan.name)
         collect_confirm(grid, candidates, plan)
+        log.info("confirm stage done after %.1f s", time.perf_counter() - t0)
     else:
         for c in candidates:
             c.values = [c.search_value] if c.search_value is not None else []
     outcome = finalize(plan, space, tracker, ids, rows, candidates)
     save_state(plan, stage="finished")
+    log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
     return outcome
 
 

@@ -572,7 +572,10 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
         metrics = r.metrics or {}
         status = _trial_status(r)
         value = metrics.get(plan.metric) if status in ("TERMINATED", "STOPPED") else None
-        rows.append({"trial_id": metrics.get("trial_id") or Path(r.path).name, "status": status,
+        history = r.metrics_dataframe
+        curve = (list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist()))
+                 if history is not None and plan.metric in history and "train_seconds" in history else [])
+        rows.append({"trial_id": metrics.get("trial_id") or Path(r.path).name, "status": status, "curve": curve,
                      "value": float(value) if isinstance(value, (int, float)) else None,
                      "baseline": labels.get(label_key(config), ""),
                      "params": {k: v for k, v in config.items() if "." in k},
@@ -592,10 +595,13 @@ def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) 
         key = json.dumps(r["params"], sort_keys=True, default=str)
         if key not in seen and len(chosen) < plan.confirm_top:
             seen.add(key)
-            chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r["params"], search_value=r["value"]))
-    by_name = {r["baseline"]: r["value"] for r in done if r["baseline"]}
+            chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r["params"], search_value=r["value"],
+                                    curves=[r.get("curve") or []]))
+    by_name = {r["baseline"]: r for r in done if r["baseline"]}
     for b in space.baselines:
-        chosen.append(Candidate(b.name, "baseline", dict(b.set), search_value=by_name.get(b.name)))
+        row = by_name.get(b.name, {})
+        chosen.append(Candidate(b.name, "baseline", dict(b.set), search_value=row.get("value"),
+                                curves=[row.get("curve") or []]))
     if chosen and chosen[0].kind == "searched":
         leader = space.policy_for(chosen[0].params)
         if leader.selection.ratio < 1 and leader.selection.strategy != "rs2":
@@ -638,6 +644,8 @@ def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates:
 def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
     """Fill each candidate's per-seed values and validation curves from the confirm stage."""
     by_name = {c.name: c for c in candidates}
+    for c in candidates:
+        c.curves = []  # the confirmation runs replace the search-stage curves
     for r in grid:
         job = (r.config or {}).get("job") or {}
         c = by_name.get(job.get("candidate"))

@@ -50,13 +50,6 @@ TUNEBUDGET = str(Path(sys.executable).with_name("tunebudget"))
 MARK = "TUNEBUDGET_TEST_CLUSTER"
 TRIALS, BASELINES = 1, 2  # per sweep: the 2 baselines start together (one per node), then 1 searched trial
 
-# Prints the alive nodes of the cluster at RAY_ADDRESS as JSON (run as a driver in a subprocess).
-NODES_SCRIPT = """
-import json, ray
-ray.init(logging_level="ERROR", log_to_driver=False)
-print(json.dumps([{"id": n["NodeID"], "head": "node:__internal_head__" in n["Resources"]}
-                  for n in ray.nodes() if n["Alive"]]))
-"""
 # Runs check_shared_storage(argv[1]) as the sweep's driver would; a TuneBudgetError exits 2.
 CHECK_SCRIPT = """
 import sys, ray
@@ -131,32 +124,34 @@ class LocalCluster:
         head = ["--head", "--port", str(self.port), "--include-dashboard", str(self.with_dashboard).lower()]
         if self.with_dashboard:
             head += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port)]
-        proc = self._ray_start(head)
-        if proc.returncode != 0:
+        if self._ray_start(head).returncode != 0:
             raise RuntimeError("ray start --head failed")
         prefix = self._namespace_prefix()
-        proc = self._ray_start(["--address", self.address], prefix)
-        if proc.returncode != 0:
+        # `ray start` returns once its raylet has registered with the GCS
+        if self._ray_start(["--address", self.address], prefix).returncode != 0:
             raise RuntimeError("ray start --address (the second node) failed")
         self.isolated = bool(prefix)
-        self.nodes = self._wait_for_nodes(2)
+        self.nodes = self.raylets()
+        if len(self.nodes) != 2:
+            raise RuntimeError(f"expected 2 raylets, found {self.nodes}")
+
+    def raylets(self) -> list[dict]:
+        """Node id and role of each raylet of this cluster, read from the raylet command lines."""
+        nodes = []
+        for pid in self.processes():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if Path(argv[0]).name == "raylet":
+                node_id = next(a.split("=", 1)[1] for a in argv if a.startswith("--node_id="))
+                nodes.append({"id": node_id, "head": "--head" in argv})
+        return nodes
 
     def driver(self, script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a Python driver script against the cluster (RAY_ADDRESS set), in a subprocess."""
         return subprocess.run([sys.executable, "-c", script, *args], env={**self.env, "RAY_ADDRESS": self.address},
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-    def _wait_for_nodes(self, n: int, timeout: float = 60) -> list[dict]:
-        deadline = time.time() + timeout
-        while True:
-            proc = self.driver(NODES_SCRIPT)
-            nodes = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
-            if len(nodes) >= n:
-                return nodes
-            if time.time() > deadline:
-                self.log.append(proc.stderr[-3000:])
-                raise RuntimeError(f"{len(nodes)} of {n} nodes alive after {timeout:.0f} s")
-            time.sleep(1)
 
     @property
     def head_id(self) -> str:
@@ -226,22 +221,30 @@ def space_file(tmp: Path, trials: int = TRIALS, samples: float = 2000) -> Path:
     return path
 
 
-def sweep_args(tmp: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One directory for the module's sweeps: the space, ./mlflow (sqlite) and ./ray_results."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    space_file(tmp)
+    return tmp
+
+
+def sweep_args(tmp: Path, name: str) -> list[str]:
     """Every path absolute: under ``ray job submit`` the entrypoint's cwd is not the test's."""
-    return [str(space_file(tmp)), "--cpus-per-trial", "1", "--concurrency", "2", "--confirm-seeds", "0",
-            "--quiet", "--tracking-uri", f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}",
-            "--optuna-storage", f"sqlite:///{tmp / 'mlflow' / 'optuna.db'}",
-            "--storage-path", str(tmp / "ray_results")]
+    return [str(tmp / "space.yaml"), "--name", name, "--cpus-per-trial", "1", "--concurrency", "2",
+            "--confirm-seeds", "0", "--quiet", "--tracking-uri", f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}",
+            "--optuna-storage", f"sqlite:///{tmp / 'mlflow' / 'optuna.db'}", "--storage-path", str(tmp / "ray_results")]
 
 
-def child_runs(tmp: Path, experiment: str = "digits_mlp") -> list:
+def child_runs(tmp: Path, name: str, experiment: str = "digits_mlp") -> list:
+    """The child runs of sweep ``name`` (its parent run FINISHED), from the sqlite store in ``tmp``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, "the sweep created no MLflow experiment"
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep" and r.data.tags.get("sweep_name") == name]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
 
@@ -250,30 +253,34 @@ def assert_spread_over_both_nodes(children: list, cluster: LocalCluster) -> None
     assert len(children) == TRIALS + BASELINES
     assert all(r.info.status == "FINISHED" for r in children)
     nodes = {r.data.tags.get("ray_node_id") for r in children}
-    # two 1-CPU nodes and trials of 1 CPU, 2 at a time: each node ran trials
+    # two 1-CPU nodes, trials of 1 CPU, 2 at a time: both nodes ran trials
     assert nodes == {cluster.head_id, cluster.worker_id}, nodes
 
 
-def test_sweep_places_trials_on_both_nodes(cluster, tmp_path):
-    proc = run_cli("sweep", *sweep_args(tmp_path), "--address", cluster.address, cwd=tmp_path,
+def test_sweep_places_trials_on_both_nodes(cluster, store):
+    proc = run_cli("sweep", *sweep_args(store, "cli-sweep"), "--address", cluster.address, cwd=store,
                    env=cluster.env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Verdict" in proc.stdout
-    assert_spread_over_both_nodes(child_runs(tmp_path), cluster)
+    assert_spread_over_both_nodes(child_runs(store, "cli-sweep"), cluster)
 
 
-def test_ray_job_submit_runs_a_sweep_on_the_cluster(cluster, tmp_path):
-    """``ray job submit -- tunebudget sweep ...``: the entrypoint runs on the head with RAY_ADDRESS set."""
+def test_ray_job_submit_runs_a_sweep_on_the_cluster(cluster, store, tmp_path):
+    """``ray job submit -- tunebudget sweep ...``: the entrypoint runs on the head with RAY_ADDRESS set.
+
+    ``ray job submit`` blocks until the job ends and streams its logs; its exit status is the job's.
+    """
     if not cluster.with_dashboard:
         pytest.skip(dashboard_missing())
-    cmd = [RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", "tb-sweep", "--",
-           TUNEBUDGET, "sweep", *sweep_args(tmp_path)]
+    cmd = [RAY, "job", "submit", "--address", cluster.dashboard, "--submission-id", "tb-job-sweep", "--",
+           TUNEBUDGET, "sweep", *sweep_args(store, "job-sweep")]
     proc = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "Job 'tb-sweep' succeeded" in out and "Verdict" in out  # the job's logs are streamed back
-    assert_spread_over_both_nodes(child_runs(tmp_path), cluster)
-    assert not (tmp_path / "mlruns").exists()  # nothing written relative to an unexpected cwd
+    assert "Job 'tb-job-sweep' succeeded" in out and "Verdict" in out  # the job's own output came back
+    children = child_runs(store, "job-sweep")
+    assert_spread_over_both_nodes(children, cluster)
+    assert not list(tmp_path.iterdir())  # the submitting side wrote nothing
 
 
 def test_shared_storage_passes_when_every_node_sees_it(cluster, tmp_path):

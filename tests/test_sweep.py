@@ -75,6 +75,7 @@ def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
         assert r.info.status == "FINISHED"
         assert r.data.params["training.lr"] and r.data.params["selection.strategy"]
         assert "test_accuracy" in r.data.metrics
+        assert r.data.tags["device"] == "cpu" and r.data.tags["ray_node_id"]
         history = c.get_metric_history(r.info.run_id, "val_accuracy")
         assert len(history) >= 3
         steps = [m.step for m in history]

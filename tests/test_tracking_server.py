@@ -23,14 +23,15 @@ pytestmark = [pytest.mark.filterwarnings("ignore"),
 
 EXPERIMENT = "digits_mlp"
 SWEEP = "shared-sweep"
-TRIALS, BASELINES = 2, 2
+TRIALS, BASELINES = 1, 1  # one round of two concurrent trials: a searched one and a baseline
 
 
 def space_file(tmp: Path, trials: int = TRIALS, samples: float = 4000, **sweep) -> Path:
-    """The shipped digits space with a deterministic samples budget (as in test_sweep.py)."""
+    """The shipped digits space, one baseline, a deterministic samples budget (as in test_sweep.py)."""
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
     data["budget"] = {"seconds": None, "samples": samples, "eval_every": 0.25}
     data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0, **sweep})
+    data["baselines"] = [b for b in data["baselines"] if b["name"] == "full_linear"]
     path = tmp / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -97,7 +98,7 @@ def test_sweep_logs_parent_and_children_to_the_server(services, sweep, client):
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == TRIALS + BASELINES
-    assert {r.data.tags.get("baseline") for r in children} >= {"full_linear", "rs2_half"}
+    assert [r.data.tags.get("baseline") for r in children if r.data.tags.get("baseline")] == ["full_linear"]
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["stage"] == "search"
         assert "test_accuracy" in r.data.metrics and r.data.params["selection.strategy"]
@@ -147,14 +148,11 @@ def test_optuna_study_lives_in_the_same_postgresql(services, sweep):
     assert len(complete) == TRIALS + BASELINES
 
 
-@pytest.mark.parametrize("who", ["wrong password", "unknown user"])
-def test_wrong_credentials_exit_2_before_any_trial(services, client, tmp_path, who):
+def test_wrong_credentials_exit_2_before_any_trial(services, client, tmp_path):
     _, server = services
     before = {r.info.run_id for r in all_runs(client)}
     experiments = {e.name for e in client.search_experiments()}
     env = credentials(server, password="not-the-password-at-all")
-    if who == "unknown user":
-        env["MLFLOW_TRACKING_USERNAME"] = "nobody-here"
     proc = run_cli("sweep", str(space_file(tmp_path)), "--tracking-uri", server.url, "--experiment", "never_created",
                    "--quiet", cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]

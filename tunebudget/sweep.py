@@ -162,6 +162,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final["finished"] = 1  # marks a trial that ran to its end (an interrupted one never reports this)
     final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)
     final["hostname"] = socket.gethostname()
+    final["device"] = str(result.stats.get("device", device))
     if result.status == "diverged" or metric not in final:
         final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged policies lose
     tune.report(final)
@@ -223,7 +224,7 @@ class TrialLogger:
             return
         last = trial.last_result or {}
         tags: dict[str, Any] = {"trial_status": status, "ray_node_id": last.get("node_id"),
-                                "hostname": last.get("hostname")}
+                                "hostname": last.get("hostname"), "device": last.get("device")}
         tags = {k: v for k, v in tags.items() if v is not None}
         if last.get("diverged"):
             tags["diverged"] = "true"

@@ -283,12 +283,14 @@ def _get(url: str, auth: Optional[tuple[str, str]] = None, timeout: float = 10.0
 
 
 def start_mlflow_server(backend_store_uri: str, auth_db: Optional[str] = None, username: str = "admin",
-                        password: Optional[str] = None, workers: int = 1, timeout: float = 180.0,
-                        python: str = PYTHON) -> MlflowServer:
+                        password: Optional[str] = None, default_permission: str = "EDIT", workers: int = 1,
+                        timeout: float = 180.0, python: str = PYTHON) -> MlflowServer:
     """Start ``mlflow server --app-name basic-auth`` on 127.0.0.1:<free port>; wait for /health and a login.
 
     ``auth_db`` is the auth app's own store (users, permissions); default: a sqlite file in the
     server's temporary directory. Artifacts are proxied by the server into a temporary directory.
+    ``default_permission`` is what every user has on resources nobody granted them (EDIT: read
+    and log to any experiment, as a team sharing experiments needs; READ: only their own).
     """
     password = password or secrets.token_urlsafe(18)  # MLflow requires at least 12 characters
     top = Path(tempfile.mkdtemp(prefix="tunebudget-mlflow-"))
@@ -298,7 +300,7 @@ def start_mlflow_server(backend_store_uri: str, auth_db: Optional[str] = None, u
     auth_db = auth_db or f"sqlite:///{top / 'basic_auth.db'}"
     auth_ini.write_text(
         "[mlflow]\n"
-        "default_permission = READ\n"
+        f"default_permission = {default_permission}\n"
         f"database_uri = {auth_db}\n"
         f"admin_username = {username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"

@@ -165,6 +165,24 @@ def test_wrong_credentials_exit_2_before_any_trial(services, client, tmp_path):
     assert {e.name for e in client.search_experiments()} == experiments
 
 
+def test_a_teammate_account_logs_to_an_experiment_someone_else_created(services, client):
+    """Users are created through the auth API by the admin; default_permission EDIT lets them share."""
+    from mlflow.server import get_app_client
+    from mlflow.tracking import MlflowClient
+
+    _, server = services
+    exp_id = client.create_experiment("created_by_admin")
+    get_app_client("basic-auth", tracking_uri=server.url).create_user("teammate", "teammate-password")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "teammate")
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", "teammate-password")
+        mate = MlflowClient(server.url)
+        run = mate.create_run(exp_id, run_name="teammate-run")
+        mate.log_metric(run.info.run_id, "x", 1.0)
+        mate.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).data.metrics == {"x": 1.0}
+
+
 def test_every_server_binds_loopback_only(services):
     pg, server = services
     assert listening_addresses(pg.port) == {"127.0.0.1"}

@@ -101,26 +101,29 @@ class BudgetClock:
 
     # ---- timed regions ------------------------------------------------------------------
     @contextmanager
-    def paused(self) -> Iterator[None]:
-        """Stop charging the budget (validation); the time goes to ``eval_seconds``."""
+    def _timed(self) -> Iterator[list[float]]:
+        """Time the region (device synchronised at both ends); the seconds land in the list."""
         self._sync()
         t = self._timer()
+        out: list[float] = []
         try:
-            yield
+            yield out
         finally:
             self._sync()
-            dt = self._timer() - t
-            if self._t_end is None:  # after stop() nothing is charged anyway
-                self._paused_total += dt
-            self.eval_seconds += dt
+            out.append(self._timer() - t)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop charging the budget (validation); the time goes to ``eval_seconds``."""
+        with self._timed() as dt:
+            yield
+        if self._t_end is None:  # after stop() nothing is charged anyway
+            self._paused_total += dt[0]
+        self.eval_seconds += dt[0]
 
     @contextmanager
     def scoring(self) -> Iterator[None]:
         """A region charged to the budget *and* counted in ``scoring_seconds``."""
-        self._sync()
-        t = self._timer()
-        try:
+        with self._timed() as dt:
             yield
-        finally:
-            self._sync()
-            self.scoring_seconds += self._timer() - t
+        self.scoring_seconds += dt[0]

@@ -21,7 +21,8 @@ REPORT_FILES = ("summary.md", "summary.json", "best_policy.yaml", "optimization_
 def _sweep(ref: str, tracking_uri: Optional[str]) -> tuple[Tracker, Any]:
     tracker = Tracker(tracking_uri)
     tracker.check()
-    return tracker, tracker.find_parent(ref)
+    with tracker.writing(f"cannot read sweep {ref!r}"):
+        return tracker, tracker.find_parent(ref)
 
 
 def _best_finished_trial(tracker: Tracker, parent: Any) -> BudgetPolicy:

@@ -713,7 +713,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
     INTERRUPTED.clear()
     try:
         if not state:
-            ids = _start_parent(tracker, plan, space, resources)
+            with tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
+                ids = _start_parent(tracker, plan, space, resources)
             state = save_state(plan, stage="search", **ids)
         ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
         return _stages(plan, space, tracker, ids, state, opts)

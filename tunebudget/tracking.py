@@ -12,12 +12,15 @@ the first trial starts.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import math
 import os
+import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tunebudget.errors import TuneBudgetError
 
@@ -25,8 +28,16 @@ log = logging.getLogger(__name__)
 
 PARENT_ID_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+USER_TAG = "mlflow.user"
 STATUS_FOR_TRIAL = {"TERMINATED": "FINISHED", "ERROR": "FAILED", "KILLED": "KILLED"}
 MAX_PARAM_LEN = 6000
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return "unknown"
 
 
 def local_store() -> Path:
@@ -72,16 +83,38 @@ class Tracker:
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; all mean "cannot use it"
-            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            hint = ("check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
-                    if "401" in text or "403" in text or "nauthori" in text
-                    else "start the server or fix --tracking-uri / MLFLOW_TRACKING_URI")
-            raise TuneBudgetError(f"--tracking-uri {self.uri}: cannot use the tracking store ({text}); {hint}") from None
+            raise self._as_user_error(exc, "cannot use the tracking store") from None
         finally:
             if retries is None:
                 os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
             else:
                 os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = retries
+
+    def _as_user_error(self, exc: BaseException, what: str) -> TuneBudgetError:
+        """One line for an MLflow failure: the HTTP status and the start of the server's answer."""
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        code = re.search(r"error code (\d+)", text)
+        if code:
+            body = text.split("Response body:", 1)[-1].strip(" '\"")[:80]
+            text = f"HTTP {code.group(1)}: {body}"
+        text = text[:240]
+        if "401" in text or "nauthenticated" in text:
+            hint = "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        elif "403" in text or "ermission" in text:
+            hint = "ask the server's admin for EDIT permission on the experiment, or use --experiment NAME"
+        else:
+            hint = "start the server or fix --tracking-uri / MLFLOW_TRACKING_URI"
+        return TuneBudgetError(f"--tracking-uri {self.uri}: {what} ({text}); {hint}")
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Turn an MLflow failure inside the block into a one-line TuneBudgetError."""
+        try:
+            yield
+        except TuneBudgetError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MlflowException, requests errors, sqlalchemy errors
+            raise self._as_user_error(exc, what) from None
 
     # ---- experiments and runs ---------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
@@ -100,7 +133,8 @@ class Tracker:
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
                   params: Optional[dict[str, Any]] = None, parent_id: Optional[str] = None) -> str:
-        all_tags = {RUN_NAME_TAG: name, **{k: str(v) for k, v in tags.items() if v is not None}}
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME") or _local_user()
+        all_tags = {RUN_NAME_TAG: name, USER_TAG: user, **{k: str(v) for k, v in tags.items() if v is not None}}
         if parent_id:
             all_tags[PARENT_ID_TAG] = parent_id
         run = self.client.create_run(experiment_id, tags=all_tags, run_name=name)

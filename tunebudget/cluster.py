@@ -59,15 +59,24 @@ def _probe(path: str, token: str) -> dict[str, Any]:
     return {"visible": seen, "hostname": socket.gethostname(), "pid": os.getpid()}
 
 
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories the check created (deepest first), if still empty: preflight writes nothing."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Raise TuneBudgetError when a local ``storage_path`` is not the same storage on every node.
 
     Nothing to check on a one-node cluster or for a URI (``s3://``, ``gs://``: Tune reaches it from
     every node by itself). Otherwise the driver writes a marker with a random token under
-    ``storage_path`` (creating the directory, as the sweep would) and a zero-CPU task pinned to each
-    alive node reads it back; the marker is removed afterwards. A node that does not answer within
-    ``timeout`` seconds is only warned about: it may be busy or leaving, which proves nothing about
-    its storage.
+    ``storage_path`` and a zero-CPU task pinned to each alive node reads it back; the marker, and any
+    directory the check had to create, are removed afterwards (preflight leaves nothing behind). A
+    node that does not answer within ``timeout`` seconds is only warned about: it may be busy or
+    leaving, which proves nothing about its storage.
 
     Requires ``ray.init`` to have connected already.
     """
@@ -80,14 +89,16 @@ def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> N
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TuneBudgetError(f"--storage-path {storage_path}: cannot create it ({exc.strerror or exc}); "
-                              "give a writable directory on shared storage, or an s3:// URI") from None
+    created = [p for p in (path, *path.parents) if not p.exists()]  # removed again afterwards
     token = secrets.token_hex(16)
     marker = path / f".tunebudget-shared-check-{token[:12]}"
-    marker.write_text(token)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    except OSError as exc:
+        _remove_empty(created)
+        raise TuneBudgetError(f"--storage-path {storage_path}: cannot write there ({exc.strerror or exc}); "
+                              "give a writable directory on shared storage, or an s3:// URI") from None
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     try:
         refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
@@ -106,6 +117,7 @@ def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> N
             ray.cancel(ref, force=True)
     finally:
         marker.unlink(missing_ok=True)
+        _remove_empty(created)
     if silent:
         log.warning("--storage-path %s: could not check it on node(s) %s (no answer in %.0f s)", storage_path,
                     ", ".join(node_label(n) for n in silent), timeout)

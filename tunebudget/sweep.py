@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -364,14 +365,14 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     if not cpus > 0 or gpus < 0:
         raise TuneBudgetError(f"--cpus-per-trial/--gpus-per-trial: need cpu > 0 and gpu >= 0 (got {cpus}, {gpus})")
     metric, mode = space.metric()
-    storage = Path(opts.storage_path or (Path.cwd() / "ray_results")).expanduser()
-    if not str(storage).startswith(("s3://", "gs://")):
-        storage = storage.resolve()
+    raw = str(opts.storage_path or Path.cwd() / "ray_results")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
+        raise TuneBudgetError(f"--storage-path {raw}: URIs are not supported yet (the sweep's state file is written "
+                              "with local file operations); use a directory on storage every node mounts (e.g. NFS)")
+    storage = Path(raw).expanduser().resolve()
     name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    optuna_storage = opts.optuna_storage or (
-        f"sqlite:///{local_store() / 'optuna.db'}" if not tracking_uri or is_local(tracking_uri)
-        else f"sqlite:///{storage / 'optuna.db'}")
+    optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
     return Plan(
         space_path=space.path, name=name, experiment=opts.experiment or space.name,
         trials=_pick(opts.trials, sw.trials), concurrency=_pick(opts.concurrency, sw.concurrency),
@@ -401,6 +402,15 @@ def check_address(address: str, timeout: float = 5.0) -> None:
                               "'ray start --head' runs there and the port is open, or leave --address out") from None
 
 
+def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
+    """Next to a sqlite tracking store (./mlflow by default), else in the Ray storage directory."""
+    if not tracking_uri:
+        return local_store() / "optuna.db"
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "optuna.db"
+    return storage / "optuna.db"
+
+
 def connect_ray(plan: Plan) -> dict[str, float]:
     """Start a local Ray (or join ``plan.address``) and check it has what the trials ask for."""
     import ray
@@ -411,15 +421,18 @@ def connect_ray(plan: Plan) -> dict[str, float]:
         ray.shutdown()
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "logging_level": logging.ERROR, "configure_logging": True}
+    auth_error = getattr(ray.exceptions, "AuthenticationError", RuntimeError)  # Ray >= 2.5x
     try:
         if plan.address:
             ray.init(address=plan.address, **kwargs)
         else:
             ray.init(num_cpus=os.cpu_count() or 1, num_gpus=_local_gpus(), **kwargs)
-    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError, auth_error) as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        auth = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
+                "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)") if plan.address else ""
         raise TuneBudgetError(f"--address {plan.address}: cannot join the Ray cluster ({text}); "
-                              "check the address (host:port of the head node) or leave it out for a local Ray") from None
+                              f"check the address (host:port of the head node) or leave it out for a local Ray{auth}") from None
     resources = ray.cluster_resources()
     if plan.gpus > 0 and resources.get("GPU", 0) < plan.gpus:
         ray.shutdown()
@@ -712,6 +725,9 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
     log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, resources)
     INTERRUPTED.clear()
     try:
+        from tunebudget.cluster import check_shared_storage
+
+        check_shared_storage(plan.storage)
         if not state:
             with tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
                 ids = _start_parent(tracker, plan, space, resources)

@@ -42,6 +42,10 @@ def main() -> int:
 
     from mlflow.tracking import MlflowClient
 
+    from tunebudget.cli import quiet_libraries
+
+    quiet_libraries(False)
+    json_out = Path(args.json).resolve() if args.json else None
     from tunebudget.spaces import load_space
     from tunebudget.sweep import SweepOptions, run_sweep
 
@@ -72,8 +76,8 @@ def main() -> int:
     print(f"| per-trial overhead, median (s) | {statistics.median(overhead):.2f} |")
     print(f"| per-trial overhead, first trials (s) | {max(overhead):.2f} |")
     print(f"| of which validation, median (s) | {statistics.median(evals):.2f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"utilisation_stage": util_stage, "utilisation_all": util_all,
+    if json_out:
+        json_out.write_text(json.dumps({"utilisation_stage": util_stage, "utilisation_all": util_all,
                                                "overhead": overhead, "train": train, "wall": wall}, indent=2))
     return 0
 

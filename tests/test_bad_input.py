@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tunebudget.errors import TuneBudgetError
@@ -135,6 +135,7 @@ PATHS = [(s, k) for s, sec in BASE.items() if isinstance(sec, dict) for k in sec
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.sampled_from(PATHS + [("junk", None)]), values), max_size=4))
+@example(edits=[(("task", None), {"\n": None})])  # found by hypothesis: a key that is a newline
 def test_policy_parsing_never_tracebacks(edits):
     data = copy.deepcopy(BASE)
     for (section, key), value in edits:

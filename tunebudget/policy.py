@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunebudget.errors import TuneBudgetError
+from tunebudget.errors import TuneBudgetError, field_path
 
 SCHEMA_VERSION = 1
 
@@ -245,7 +245,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, source: str = "overri
 # ---- loading -----------------------------------------------------------------------------
 
 def _describe(err: dict[str, Any], section_keys: dict[str, list[str]]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()))
+    loc = field_path(err.get("loc", ()))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         parent = loc.rsplit(".", 1)[0] if "." in loc else ""

@@ -32,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunebudget.errors import TuneBudgetError
+from tunebudget.errors import TuneBudgetError, field_path
 from tunebudget.policy import BudgetPolicy, policy_from_dict, read_yaml, set_dotted, split_space
 
 #: How many random draws from a space are validated when it is loaded.
@@ -214,7 +214,7 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> Any:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc = field_path(err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = f"unknown key; valid keys are {', '.join(model.model_fields)}"

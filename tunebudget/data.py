@@ -20,6 +20,7 @@ Sources:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from dataclasses import dataclass
@@ -79,9 +80,16 @@ class DataBundle:
 
 # ---- raw sources: each returns (train_x, train_y, test_x, test_y) as numpy arrays -------------
 
-def _read_idx(path: Path) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _gunzip(path: Path, mtime_ns: int) -> bytes:
+    """Decompressed file contents, kept per process: a sweep worker that runs many trials (new
+    seeds in the confirmation stage reload the data) decompresses each file once."""
     with gzip.open(path, "rb") as fh:
-        raw = fh.read()
+        return fh.read()
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = _gunzip(path, path.stat().st_mtime_ns)
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()

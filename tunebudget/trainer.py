@@ -33,7 +33,9 @@ from tunebudget.selection import Assistant, EpochPlan, Selector, importance
 
 log = logging.getLogger(__name__)
 
-EVAL_CHUNK = 2048
+#: Forward-only chunk sizes (validation, test, scoring passes). On a CPU, 512 samples keep the
+#: activations in cache: about twice the throughput of 2048 for the small CNN (measured, 1 thread).
+EVAL_CHUNK = {"cpu": 512, "cuda": 4096}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -118,6 +120,7 @@ class BudgetTrainer:
     ) -> None:
         self.policy = policy
         self.device = resolve_device(device)
+        self.eval_chunk = EVAL_CHUNK.get(self.device.type, 1024)
         if threads:
             torch.set_num_threads(threads)
         seed_everything(policy.seed)
@@ -188,7 +191,8 @@ class BudgetTrainer:
         """Loss and accuracy (classification) or MSE (regression) on a split, in eval mode."""
         self.model.eval()
         loss_sum, correct = 0.0, 0
-        for xb, yb in zip(split.x.split(EVAL_CHUNK), split.y.split(EVAL_CHUNK)):
+        chunk = self.eval_chunk
+        for xb, yb in zip(split.x.split(chunk), split.y.split(chunk)):
             out = self._forward(xb)
             loss_sum += float(self._per_sample_loss(out, yb).sum())
             if not self.regression:
@@ -205,8 +209,8 @@ class BudgetTrainer:
         self.model.eval()
         train = self.data.train
         with self.clock.scoring():
-            for start in range(0, len(train), EVAL_CHUNK):
-                idx = torch.arange(start, min(start + EVAL_CHUNK, len(train)), device=self.device)
+            for start in range(0, len(train), self.eval_chunk):
+                idx = torch.arange(start, min(start + self.eval_chunk, len(train)), device=self.device)
                 out = self._forward(train.x[idx])
                 losses = self._per_sample_loss(out, train.y[idx])
                 self.selector.observe(idx, self._importance(out, losses))
@@ -343,7 +347,9 @@ class BudgetTrainer:
         return metrics
 
     def _finish(self, status: str, stats: _Stats, history: list[dict[str, Any]]) -> TrainResult:
+        t0 = time.perf_counter()
         test = self.evaluate(self.data.test) if status != "diverged" else {}
+        test_seconds = time.perf_counter() - t0
         train_s = self.clock.train_seconds()
         budget = self.policy.budget
         result_stats = {
@@ -352,6 +358,7 @@ class BudgetTrainer:
             "budget_samples": budget.samples,
             "train_seconds": train_s,
             "eval_seconds": self.clock.eval_seconds,
+            "test_seconds": test_seconds,
             "scoring_seconds": self.clock.scoring_seconds,
             "scoring_share": self.clock.scoring_seconds / train_s if train_s > 0 else 0.0,
             "selection_seconds": stats.selection_seconds,

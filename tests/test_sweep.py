@@ -181,3 +181,20 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
     assert all(r.info.status == "FINISHED" for r in search)
     for trial_id, run_id in finished_before.items():  # finished runs were kept, not re-logged
         assert {r.info.run_id for r in search if r.data.tags["trial_id"] == trial_id} == {run_id}
+
+
+def test_idle_last_round_note(tmp_path):
+    """Equal-length trials that do not fill the last round leave slots idle: the sweep says so."""
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, idle_round_note, make_plan
+
+    space = load_space(space_file(tmp_path, trials=3))  # 3 searched + 2 baselines
+    two_cpus = {"CPU": 2.0}
+    note = idle_round_note(make_plan(space, SweepOptions()), len(space.baselines), two_cpus)
+    assert note and "5 trials" in note and "leaves 1 idle" in note and "--trials 2 or 4" in note
+    assert idle_round_note(make_plan(space, SweepOptions(trials=4)), 2, two_cpus) is None
+    assert idle_round_note(make_plan(space, SweepOptions()), 2, {"CPU": 1.0}) is None  # one slot: nothing idles
+    assert idle_round_note(make_plan(space, SweepOptions(scheduler="asha")), 2, two_cpus) is None
+    # 3 slots (concurrency 3, cluster of 4 CPUs): 5 trials leave 1 idle in the last round
+    note = idle_round_note(make_plan(space, SweepOptions(concurrency=3)), 2, {"CPU": 4.0})
+    assert note and "leaves 1 idle" in note and "--trials 1 or 4" in note

@@ -235,7 +235,7 @@ SOURCES: dict[str, Callable[[TaskSpec, int], tuple[np.ndarray, ...]]] = {
 
 def _to_float(x: np.ndarray) -> torch.Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x))
-    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
 def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu") -> DataBundle:
@@ -264,15 +264,16 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
 
     dims = [0, 2, 3] if x_train.dim() == 4 else [0]
     mean, std = x_train.mean(dim=dims, keepdim=True), x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    norm = lambda t: (t - mean) / std  # noqa: E731
+    x_train.sub_(mean).div_(std)  # in place: both are fresh copies made by the indexing above
+    x_val.sub_(mean).div_(std)
     if regression:  # standardised targets: an MSE of 1 is what predicting the mean scores
         y_mean, y_std = ytr[tr_idx].mean(), ytr[tr_idx].std().clamp_min(1e-6)
         ytr, yte = (ytr - y_mean) / y_std, (yte - y_mean) / y_std
     num_outputs = 1 if regression else int(max(int(ytr.max()), int(yte.max())) + 1)
     bundle = DataBundle(
-        train=Split(norm(x_train), ytr[tr_idx]),
-        val=Split(norm(x_val), ytr[val_idx]),
-        test=Split(norm(xte), yte),
+        train=Split(x_train, ytr[tr_idx]),
+        val=Split(x_val, ytr[val_idx]),
+        test=Split((xte - mean) / std, yte),
         kind=task.kind,
         num_outputs=num_outputs,
         input_shape=tuple(x_train.shape[1:]),

@@ -80,6 +80,12 @@ def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
         assert len(history) >= 3
         steps = [m.step for m in history]
         assert steps == sorted(steps)  # step = elapsed training milliseconds
+    eff = parent.data.metrics  # the sweep's own record of how much of its time went into training
+    assert 0.0 < eff["search_utilisation"] <= 1.0 and eff["trial_slots"] == 2
+    assert eff["search_train_seconds"] == pytest.approx(sum(
+        r.data.metrics["train_seconds"] for r in search if "train_seconds" in r.data.metrics), rel=1e-6)
+    assert eff["search_utilisation"] == pytest.approx(
+        eff["search_train_seconds"] / (eff["search_wall_seconds"] * eff["trial_slots"]))
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"best_policy.yaml", "summary.md", "optimization_history.png", "validation_vs_time.png"} <= artifacts
 
@@ -198,3 +204,14 @@ def test_idle_last_round_note(tmp_path):
     # 3 slots (concurrency 3, cluster of 4 CPUs): 5 trials leave 1 idle in the last round
     note = idle_round_note(make_plan(space, SweepOptions(concurrency=3)), 2, {"CPU": 4.0})
     assert note and "leaves 1 idle" in note and "--trials 1 or 4" in note
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_fill_every_round(path):
+    """The shipped defaults never leave a slot idle for the last trial's whole budget."""
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, idle_round_note, make_plan
+
+    space = load_space(path)
+    plan = make_plan(space, SweepOptions())
+    assert idle_round_note(plan, len(space.baselines), {"CPU": 64.0, "GPU": 8.0}) is None

@@ -590,7 +590,8 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
                      "value": float(value) if isinstance(value, (int, float)) else None,
                      "baseline": labels.get(label_key(config), ""),
                      "params": {k: v for k, v in config.items() if "." in k},
-                     "diverged": bool(metrics.get("diverged"))})
+                     "diverged": bool(metrics.get("diverged")),
+                     "train_seconds": float(metrics.get("train_seconds") or 0.0)})
     return rows
 
 
@@ -764,6 +765,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
                 ids = _start_parent(tracker, plan, space, resources)
             state = save_state(plan, stage="search", **ids)
         ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
+        state["slots"] = trial_slots(plan, resources)
         note = idle_round_note(plan, len(space.baselines), resources)
         if note and not opts.quiet and state.get("stage") == "search":
             from tunebudget.progress import err_console
@@ -781,11 +783,14 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
     t0 = time.perf_counter()
     if state.get("stage") == "search":
         grid = run_search(plan, space, ids, resume, opts.quiet)
-        log.info("search stage done in %.1f s", time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        log.info("search stage done in %.1f s", wall)
         rows = search_rows(grid, plan, labels)
         if INTERRUPTED.is_set() or any(r["status"] == "INTERRUPTED" for r in rows):
             raise SweepInterrupted(plan.name)
-        state = save_state(plan, stage="confirm", rows=rows)
+        # a resumed search ran in two sittings: its wall time here is only the second one
+        efficiency = {} if resume else search_efficiency(rows, wall, state.get("slots", plan.concurrency))
+        state = save_state(plan, stage="confirm", rows=rows, efficiency=efficiency)
         resume = False
     rows = state["rows"]
     candidates = pick_candidates(rows, space, plan)
@@ -798,7 +803,7 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
     else:
         for c in candidates:
             c.values = [c.search_value] if c.search_value is not None else []
-    outcome = finalize(plan, space, tracker, ids, rows, candidates)
+    outcome = finalize(plan, space, tracker, ids, rows, candidates, state.get("efficiency") or {})
     save_state(plan, stage="finished")
     log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
     return outcome
@@ -809,8 +814,20 @@ def _best_policy(space: SearchSpace, plan: Plan, best: Any) -> BudgetPolicy:
     return _candidate_policy(space, plan, best, int(plan.base.get("seed", 0)))
 
 
+def search_efficiency(rows: list[dict[str, Any]], wall: float, slots: int) -> dict[str, float]:
+    """How much of the search stage's machine time went into training.
+
+    utilisation = Σ trial training seconds / (stage wall seconds × trial slots). The wall time
+    runs from the Tuner's start (trial workers starting included) to its end; validation, the
+    test-set evaluation, worker set-up and scheduling count as overhead.
+    """
+    train = sum(r.get("train_seconds") or 0.0 for r in rows)
+    return {"search_wall_seconds": wall, "search_train_seconds": train, "trial_slots": float(slots),
+            "search_utilisation": train / (wall * slots) if wall > 0 and slots > 0 else 0.0}
+
+
 def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]],
-             candidates: list[Any]) -> SweepOutcome:
+             candidates: list[Any], efficiency: Optional[dict[str, float]] = None) -> SweepOutcome:
     """Stage 4: verdict, best policy, summary and plots onto the parent run; the parent finishes."""
     import tempfile
 
@@ -828,6 +845,10 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
             "confirmation": f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
             "sampler": plan.sampler, "scheduler": plan.scheduler}
+    if efficiency:
+        meta["search utilisation"] = (f"{efficiency['search_utilisation']:.2f} (Σ training "
+                                      f"{efficiency['search_train_seconds']:.0f} s / ({efficiency['search_wall_seconds']:.0f} s "
+                                      f"wall × {efficiency['trial_slots']:g} slots))")
     summary = report.summary_markdown(space.name, plan.metric, plan.mode, candidates, v, rows, meta)
     parent = ids["parent_id"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -843,7 +864,7 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
         for path in sorted(out.iterdir()):
             tracker.log_file(parent, path)
     metrics = {"best_mean": v.best.mean, "best_std": v.best.std, "n_trials": len(rows),
-               "n_failed": sum(r["status"] == "ERROR" for r in rows)}
+               "n_failed": sum(r["status"] == "ERROR" for r in rows), **(efficiency or {})}
     if v.best_baseline is not None:
         metrics.update({"baseline_mean": v.best_baseline.mean, "baseline_std": v.best_baseline.std,
                         "diff_vs_baseline": v.diff, "p_value": v.p_value})

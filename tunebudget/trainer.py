@@ -34,9 +34,10 @@ from tunebudget.selection import Assistant, EpochPlan, Selector, importance
 log = logging.getLogger(__name__)
 
 #: Forward-only chunk sizes (validation, test, scoring passes). On a CPU, small chunks keep the
-#: activations in cache: 256 samples run the small CNN at 12.7k/s on one thread against 9.7k/s
-#: for 512 and 6.4k/s for 2048 (medians of 10 alternating runs on the 2-vCPU VM).
-EVAL_CHUNK = {"cpu": 256, "cuda": 4096}
+#: activations in cache. Small CNN, one thread, two processes at once as in a sweep (70 s of
+#: alternating runs on the 2-vCPU VM): 256 -> 15.3-15.9k/s, 512 -> 15.7-16.2k/s, 1024 -> 11.4k/s,
+#: and 2048 ran at half the speed of 512 on its own.
+EVAL_CHUNK = {"cpu": 512, "cuda": 4096}
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -13,7 +13,8 @@ without the confirmation stage, then reads every trial back from MLflow and prin
   minus its training seconds: set-up, data loading (cached per worker), validation, reporting.
 
 Usage:
-    python bench/sweep_efficiency.py                          # 9 + 3 baseline trials x 20 s, 2 concurrent
+    python bench/sweep_efficiency.py                          # the space's 17 + 3 baselines x 20 s, 2 concurrent
+    python bench/sweep_efficiency.py --trials 9               # a shorter sweep: 6 rounds
     python bench/sweep_efficiency.py --trials 4 --budget 10   # quicker
 """
 
@@ -34,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default=str(ROOT / "search_spaces/fashion_mnist_cnn.yaml"))
-    ap.add_argument("--trials", type=int, default=9,
-                    help="searched trials; with the space's 3 baselines, 9 fill every round of 2 slots")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="searched trials (default: the space's own, 17 + 3 baselines = 10 full rounds of 2)")
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--json", help="also write the figures as JSON here")

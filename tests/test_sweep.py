@@ -181,12 +181,24 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
     _, after = runs_of(tmp_path)
     parents = [r for r in after if r.data.tags.get("tunebudget_role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the search ran in two sittings: no utilisation figure rather than one from half the wall time
+    assert "search_utilisation" not in parents[0].data.metrics
     search = [r for r in after if r.data.tags.get("stage") == "search"]
     trial_ids = [r.data.tags["trial_id"] for r in search]
     assert len(trial_ids) == len(set(trial_ids)) == 6 + 2  # every trial once
     assert all(r.info.status == "FINISHED" for r in search)
     for trial_id, run_id in finished_before.items():  # finished runs were kept, not re-logged
         assert {r.info.run_id for r in search if r.data.tags["trial_id"] == trial_id} == {run_id}
+
+
+def test_sweep_prints_the_idle_round_note(tmp_path):
+    """1 searched + 2 baselines on 2 slots: the CLI says so, on one line, and the sweep still runs."""
+    space = space_file(tmp_path, trials=1, samples=1000)
+    proc = run_cli("sweep", str(space), "--confirm-seeds", "0", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: 3 trials (1 searched + 2 baselines) on 2 slots: the last round runs 1 and leaves 1 "
+                     "idle for a whole trial; --trials 2 fills every round"], proc.stderr[-2000:]
 
 
 def test_idle_last_round_note(tmp_path):

@@ -779,7 +779,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         if note and not opts.quiet and state.get("stage") == "search":
             from tunebudget.progress import err_console
 
-            err_console.print(note, highlight=False)
+            err_console.print(note, highlight=False, soft_wrap=True)
         return _stages(plan, space, tracker, ids, state, opts)
     finally:
         ray.shutdown()

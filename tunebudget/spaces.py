@@ -7,7 +7,7 @@ search:                               # dotted policy keys -> distributions, sam
   selection.ratio: {type: float, low: 0.2, high: 0.9, when: {selection.strategy: [topk, infobatch, rs2]}}
   training.lr: {type: float, low: 0.01, high: 0.5, log: true}
   selection.rerank_every: {type: int, low: 1, high: 5}
-sweep: {trials: 16, concurrency: 2, sampler: tpe, scheduler: none, resources: {cpu: 1, gpu: 0}}
+sweep: {trials: 15, concurrency: 2, sampler: tpe, scheduler: none, resources: {cpu: 1, gpu: 0}}
 baselines:                            # always evaluated first (Optuna points_to_evaluate)
   - {name: full_linear, set: {selection.strategy: full, training.schedule: linear}}
 ```

@@ -119,3 +119,24 @@ def test_assistant_scorer_trains_and_its_cost_is_charged(strategy):
                    budget={"seconds": 1.5, "samples": None})
     assert result.status == "completed" and result.test["accuracy"] > 0.8
     assert result.stats["scoring_seconds"] > 0  # assistant scoring runs inside the budget
+
+
+class _NoCompilingOnTheClock(BudgetTrainer):
+    """Raises if torch.compile has to build a graph while the budget clock runs."""
+
+    def _timed_stance(self):
+        return torch.compiler.set_stance("fail_on_recompile")
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"), reason="needs torch >= 2.6")
+def test_compiled_run_builds_every_graph_before_the_clock():
+    # A selected subset of 37% leaves short last batches of changing sizes, validation and the
+    # test split end in short chunks, and scoring passes run in eval mode: each would recompile
+    # inside the clock unless warm-up built dynamic-batch graphs for training and evaluation.
+    selection = {"strategy": "topk", "ratio": 0.37, "scorer": "loss", "rerank_every": 1, "warmup": 0.2,
+                 "rescore": True}
+    policy = policy_from_dict(tiny_policy(training={"compile": True}, selection=selection,
+                                          budget={"samples": 4000, "eval_every": 0.2}))
+    result = _NoCompilingOnTheClock(policy, device="cpu").run()
+    assert result.status == "completed" and result.stats["compile_seconds"] > 0
+    assert result.stats["epochs"] > 3 and result.test["accuracy"] > 0.5

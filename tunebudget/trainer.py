@@ -198,7 +198,6 @@ class BudgetTrainer:
             xe = train.x[: min(self.eval_chunk, len(train))].clone()
             torch._dynamo.maybe_mark_dynamic(xe, 0)
             self._forward(xe)
-        self.model.train()
         self.model.zero_grad(set_to_none=True)
         getattr(self.model, "_orig_mod", self.model).load_state_dict(state)
         if self.device.type == "cuda":
@@ -229,7 +228,6 @@ class BudgetTrainer:
             return {"loss": loss_sum / n, "mse": loss_sum / n}
         return {"loss": loss_sum / n, "accuracy": correct / n}
 
-    @torch.no_grad()
     @torch.no_grad()
     def _scoring_pass(self) -> None:
         """A forward-only pass over all training samples to refresh their scores (charged)."""

@@ -13,7 +13,11 @@ Printed per policy:
   epoch planning and scoring passes, plus the per-step cost of recording scores, estimated as
   ``1 - ratio(policy) / ratio(full data)`` (the target is <= 3% with reused scores);
 * ``planning+scoring share``: the part of it the trainer times directly (epoch planning, scoring
-  passes), a share of the same run's training time and so free of the machine's drift.
+  passes, irreducible-loss models), a share of the same run's training time and so free of the
+  machine's drift;
+* for online selection, ``candidate ratio`` = candidates scored per second ÷ bare-loop samples/s
+  (each trained sample costs a training pass plus 1/ratio forward-only candidate passes);
+* ``syncs/step``: how often the clock waited for the device (on a GPU: once every 16 steps).
 
 Each ratio is taken over a back-to-back pair (bare loop, then trainer) and the median over pairs is
 printed: the speed of a shared VM drifts, and both sides of a pair see the same drift.
@@ -52,6 +56,8 @@ POLICIES = {
     "rs2": {"strategy": "rs2", "ratio": 0.5},
     "topk-assistant": {"strategy": "topk", "scorer": "assistant", "ratio": 0.5, "rerank_every": 1},
     "topk-rescore": {"strategy": "topk", "scorer": "loss", "ratio": 0.5, "rerank_every": 3, "rescore": True},
+    "online-loss": {"strategy": "online", "scorer": "loss", "ratio": 0.5},
+    "online-reducible": {"strategy": "online", "scorer": "reducible", "ratio": 0.5},
 }
 
 
@@ -87,7 +93,8 @@ def trainer_run(policy, data, device: torch.device) -> dict:
     result = BudgetTrainer(policy, device=str(device), data=data).run()
     s = result.stats
     return {"throughput": s["throughput"], "selection_seconds": s["selection_seconds"],
-            "scoring_seconds": s["scoring_seconds"], "train_seconds": s["train_seconds"]}
+            "scoring_seconds": s["scoring_seconds"] + s["il_seconds"], "train_seconds": s["train_seconds"],
+            "candidates": s["candidates_scored"] / s["train_seconds"], "syncs": s["device_syncs"] / max(s["steps"], 1)}
 
 
 def main() -> int:
@@ -120,6 +127,7 @@ def main() -> int:
             bare.append(bare_loop(policies[n], data, device, args.seconds))
             runs[n].append(trainer_run(policies[n], data, device))
             runs[n][-1]["ratio"] = runs[n][-1]["throughput"] / bare[-1]  # a pair measured back to back
+            runs[n][-1]["candidate_ratio"] = runs[n][-1]["candidates"] / bare[-1]
             print(f"  repeat {rep + 1}: {n:15s} bare {bare[-1]:8.0f}/s  trainer {runs[n][-1]['throughput']:8.0f}/s",
                   file=sys.stderr, flush=True)
     # Ratios are taken per back-to-back pair, then the median: a machine whose speed drifts (shared
@@ -127,16 +135,20 @@ def main() -> int:
     full_ratio = statistics.median(r["ratio"] for r in runs[names[0]])
     rows = []
     print("\n| policy | samples/s | throughput ratio vs bare loop (median of pairs) | bookkeeping share | "
-          "planning+scoring share |")
-    print("|---|---|---|---|---|")
+          "planning+scoring share | candidate ratio | syncs/step |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         tp = statistics.median(r["throughput"] for r in runs[n])
         ratio = statistics.median(r["ratio"] for r in runs[n])
         planning = statistics.median((r["selection_seconds"] + r["scoring_seconds"]) / r["train_seconds"] for r in runs[n])
         book = max(0.0, 1 - ratio / full_ratio) if n != names[0] else 0.0
+        cand = statistics.median(r["candidate_ratio"] for r in runs[n])
+        syncs = statistics.median(r["syncs"] for r in runs[n])
         rows.append({"policy": n, "throughput": tp, "ratio": ratio, "bookkeeping_share": book,
-                     "planning_share": planning, "pairs": [r["ratio"] for r in runs[n]]})
-        print(f"| {n} | {tp:.0f} | {ratio:.3f} | {book * 100:.1f}% | {planning * 100:.2f}% |")
+                     "planning_share": planning, "candidate_ratio": cand, "syncs_per_step": syncs,
+                     "pairs": [r["ratio"] for r in runs[n]]})
+        print(f"| {n} | {tp:.0f} | {ratio:.3f} | {book * 100:.1f}% | {planning * 100:.2f}% | "
+              f"{f'{cand:.3f}' if cand else '—'} | {syncs:.3f} |")
     print(f"\nbare loop: median {statistics.median(bare):.0f} samples/s, range {min(bare):.0f}-{max(bare):.0f} "
           f"over {len(bare)} runs (the spread is the machine's, not the code's)")
     if args.json:

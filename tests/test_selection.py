@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tunebudget.policy import SelectionSpec
-from tunebudget.selection import Selector, entropy_scores, importance, margin_scores
+from tunebudget.selection import Batch, ScoringContext, Selector, build_scorer, entropy_scores, margin_scores
 
 CPU = torch.device("cpu")
 
@@ -35,12 +35,22 @@ def test_mms_matches_brute_force():
     assert torch.allclose(plain, top2[:, 0] - top2[:, 1])
 
 
+def scorer(name, head=None, n=3):
+    from tunebudget.data import Split
+
+    spec = SelectionSpec(strategy="topk", ratio=0.5, scorer=name)
+    train = Split(torch.zeros(n, 2), torch.zeros(n, dtype=torch.long))
+    ctx = ScoringContext(spec, train, 3, (2,), CPU, torch.Generator().manual_seed(0), head=lambda: head)
+    return build_scorer(ctx)
+
+
 def test_importance_orders():
     logits = torch.tensor([[5.0, 0.0, 0.0], [1.0, 0.9, 0.0], [0.3, 0.3, 0.3]])
     losses = torch.tensor([0.1, 2.0, 1.0])
-    w = torch.eye(3)
-    assert importance("loss", logits, losses).argmax() == 1
-    assert importance("margin", logits, losses, w)[[0, 1]].argmax() == 1  # the closer call
+    batch = Batch(torch.arange(3), torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), logits, losses)
+    assert scorer("loss").score(batch).argmax() == 1
+    assert scorer("margin", torch.eye(3)).score(batch)[[0, 1]].argmax() == 1  # the closer call
+    assert scorer("entropy").score(batch).argmax() == 2
     ent = entropy_scores(logits)
     assert ent.argmax() == 2 and float(ent[2]) == pytest.approx(float(torch.log(torch.tensor(3.0))))
 
@@ -121,7 +131,7 @@ def test_reweighting_keeps_the_expected_gradient_of_a_linear_model(strategy):
     grads = 2 * (x @ theta - y)[:, None] * x  # per-sample gradient of the squared error
     losses = (x @ theta - y) ** 2
     full = grads.mean(0)
-    sel = selector(n, strategy=strategy, ratio=0.4, floor=0.2)
+    sel = selector(n, strategy=strategy, ratio=0.4, **({"floor": 0.2} if strategy == "sample" else {}))
     sel.observe(torch.arange(n), losses)
     estimates = []
     for _ in range(3000):
@@ -164,3 +174,97 @@ def test_assistant_learns_which_samples_have_above_mean_loss():
     sel.observe(torch.arange(n), p)
     kept = sel.plan(0.5).order
     assert hard[kept].float().mean() > 0.9
+
+
+# ---- reducible loss and online selection -------------------------------------------------------------
+
+
+def _noisy_digits_run(selection: dict, **task):
+    from tunebudget.trainer import BudgetTrainer
+
+    from conftest import tiny_policy
+    from tunebudget.policy import policy_from_dict
+
+    policy = policy_from_dict(tiny_policy(task={"label_noise": 0.2, **task}, selection=selection,
+                                          budget={"samples": 20000}))
+    trainer = BudgetTrainer(policy, device="cpu")
+    return trainer, trainer.run()
+
+
+def _scores_of_every_sample(trainer) -> torch.Tensor:
+    train = trainer.train
+    idx = torch.arange(len(train))
+    with torch.no_grad():
+        out = trainer.model(train.x)
+        losses = torch.nn.functional.cross_entropy(out, train.y, reduction="none")
+    return trainer.scorer.score(Batch(idx, train.x, train.y, out, losses)), losses
+
+
+@pytest.mark.parametrize("il_holdout", [0.0, 0.2])
+def test_reducible_score_keeps_mislabelled_samples_out_where_the_loss_lets_them_in(il_holdout):
+    """20% of the digits' training labels are wrong. Online selection by the plain loss trains mostly
+    on them (the highest losses are the wrong labels); by the reducible loss, with irreducible-loss
+    models that had 30% of the budget, it trains on fewer of them than uniform sampling would."""
+    reducible = {"strategy": "online", "scorer": "reducible", "ratio": 0.5, "il_budget": 0.3, "il_holdout": il_holdout}
+    trainer, result = _noisy_digits_run(reducible)
+    assert result.status == "completed" and result.stats["il_seconds"] > 0
+    assert result.stats["holdout_size"] == round(il_holdout * 1238)
+    noisy = trainer.train.noisy
+    assert noisy is not None and 0.15 < float(noisy.float().mean()) < 0.25
+    by_reducible = result.stats["mislabelled_share"]
+    _, by_loss = _noisy_digits_run({"strategy": "online", "scorer": "loss", "ratio": 0.5})
+    assert by_loss.stats["mislabelled_share"] > 0.3
+    assert by_reducible < 0.15, by_reducible
+    # at the end, the reducible score ranks the wrong labels lower than the loss does
+    scores, losses = _scores_of_every_sample(trainer)
+    top = int(0.3 * len(scores))
+    assert noisy[scores.topk(top).indices].float().mean() < noisy[losses.topk(top).indices].float().mean() / 2
+
+
+class _RecordingTrainer:
+    """A real BudgetTrainer whose training steps record how many samples they trained on."""
+
+    @staticmethod
+    def make(policy):
+        from tunebudget.trainer import BudgetTrainer
+
+        class Recording(BudgetTrainer):
+            sizes: list = []
+
+            def _step(self, idx, weights, smoothing, stats):
+                self.sizes.append((idx.numel(), self.selector.phase(self.clock.progress())))
+                return super()._step(idx, weights, smoothing, stats)
+
+        trainer = Recording(policy, device="cpu")
+        trainer.sizes = []
+        return trainer
+
+
+@pytest.mark.parametrize("scorer", ["loss", "reducible", "assistant"])
+def test_online_trains_on_batch_size_of_each_steps_candidates_and_charges_them(scorer):
+    from conftest import tiny_policy
+    from tunebudget.policy import policy_from_dict
+
+    policy = policy_from_dict(tiny_policy(selection={"strategy": "online", "scorer": scorer, "ratio": 0.25},
+                                          training={"batch_size": 32}))
+    trainer = _RecordingTrainer.make(policy)
+    result = trainer.run()
+    s = result.stats
+    n = len(trainer.train)
+    candidates_per_step = 32 * 4
+    full_steps = n // candidates_per_step  # the epoch's last, partial candidate chunk keeps a quarter of it
+    sizes = [size for size, phase in trainer.sizes]
+    assert all(phase == "select" for _, phase in trainer.sizes)
+    assert sizes.count(32) >= len(sizes) * full_steps / (full_steps + 1) - 1
+    assert all(size == 32 or size == -(-(n % candidates_per_step) // 4) for size in sizes)
+    assert s["samples_seen"] == sum(sizes)
+    # the candidate pass is charged at scoring_cost when it runs the main model (the assistant needs none)
+    forward = scorer != "assistant"
+    assert s["candidates_scored"] >= 4 * s["samples_seen"] - candidates_per_step
+    il = s["sample_passes_charged"] - s["samples_seen"] - forward * s["candidates_scored"] / 3
+    if scorer == "reducible":  # the IL models' training (il_budget of the budget) and their one pass
+        share = policy.selection.il_budget
+        assert share * 6000 <= il <= share * 6000 + n / 3 + 2 * 32 + 1e-6
+    else:
+        assert il == pytest.approx(0.0, abs=1e-6)
+    assert result.test["accuracy"] > 0.6

@@ -25,7 +25,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ FASHION_MNIST_FILES = {
 class Split:
     x: torch.Tensor
     y: torch.Tensor
+    #: Which labels a label-noise regime changed (training split only; None: no noise applied).
+    noisy: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -72,7 +74,7 @@ class DataBundle:
             x = s.x.to(device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return Split(x, s.y.to(device))
+            return Split(x, s.y.to(device), None if s.noisy is None else s.noisy.to(device))
 
         return DataBundle(move(self.train), move(self.val), move(self.test), self.kind,
                           self.num_outputs, self.input_shape, self.name)
@@ -261,18 +263,21 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
     order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 17))
     val_idx, tr_idx = order[:n_val], order[n_val:]
     x_train, x_val = xtr[tr_idx], xtr[val_idx]
+    y_train = ytr[tr_idx]
+    num_outputs = 1 if regression else int(max(int(ytr.max()), int(yte.max())) + 1)
+    x_train, y_train, noisy = apply_regime(x_train, y_train, task, seed, num_outputs)
 
     dims = [0, 2, 3] if x_train.dim() == 4 else [0]
     mean, std = x_train.mean(dim=dims, keepdim=True), x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
     x_train.sub_(mean).div_(std)  # in place: both are fresh copies made by the indexing above
     x_val.sub_(mean).div_(std)
+    y_val = ytr[val_idx]
     if regression:  # standardised targets: an MSE of 1 is what predicting the mean scores
-        y_mean, y_std = ytr[tr_idx].mean(), ytr[tr_idx].std().clamp_min(1e-6)
-        ytr, yte = (ytr - y_mean) / y_std, (yte - y_mean) / y_std
-    num_outputs = 1 if regression else int(max(int(ytr.max()), int(yte.max())) + 1)
+        y_mean, y_std = y_train.mean(), y_train.std().clamp_min(1e-6)
+        y_train, y_val, yte = (y_train - y_mean) / y_std, (y_val - y_mean) / y_std, (yte - y_mean) / y_std
     bundle = DataBundle(
-        train=Split(x_train, ytr[tr_idx]),
-        val=Split(x_val, ytr[val_idx]),
+        train=Split(x_train, y_train, noisy),
+        val=Split(x_val, y_val),
         test=Split((xte - mean) / std, yte),
         kind=task.kind,
         num_outputs=num_outputs,
@@ -281,6 +286,89 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
     )
     dev = torch.device(device)
     return bundle.to(dev, channels_last=dev.type == "cuda")
+
+
+# ---- data regimes (training split only) ----------------------------------------------------------
+
+def _rng(seed: int, step: str) -> np.random.Generator:
+    return np.random.default_rng([seed, sum(map(ord, step)), 4242])
+
+
+def apply_regime(x: torch.Tensor, y: torch.Tensor, task: TaskSpec, seed: int,
+                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The task's data regime applied to a training split, in this order: ``train_subset`` (a
+    random subset), ``imbalance`` (a long tail), ``label_noise`` (wrong labels), ``duplicates``
+    (repeated samples, a copy keeping its sample's label). Seeded by ``seed``; validation and test
+    splits are never touched. Returns the new inputs, labels and, when labels were changed, a
+    mask of the changed ones.
+
+    * ``train_subset``: a count, or a share if below 1.
+    * ``imbalance`` ρ: class ``c`` keeps ``n_c = n_max · ρ^(-c / (C - 1))`` of its samples, the
+      exponential profile of CIFAR-LT (Cui et al. 2019); ``n_max`` is the largest head size that
+      every class can supply, so the first class has exactly ρ times the samples of the last.
+    * ``label_noise`` r with ``noise_kind``: exactly ``round(r · n)`` samples get another label;
+      ``symmetric`` draws it uniformly among the other classes, ``pairs`` uses the class whose mean
+      training input is closest (the confusable class: shirt for T-shirt in Fashion-MNIST).
+    * ``duplicates`` f: ``round(n / f)`` distinct samples, each repeated ``k ~ Geometric(1/f)``
+      times (mean f, at least once), so a few samples appear many times and the size stays ≈ n.
+    """
+    n = len(x)
+    if task.train_subset is not None:
+        k = task.train_subset if isinstance(task.train_subset, int) else int(round(n * task.train_subset))
+        if not 1 <= k <= n:
+            raise TuneBudgetError(f"task.train_subset: {task.train_subset} of {n} training samples is not a "
+                                  f"subset; use a count from 1 to {n} or a share below 1")
+        keep = torch.from_numpy(_rng(seed, "subset").permutation(n)[:k])
+        x, y = x[keep], y[keep]
+    if task.imbalance > 1:
+        x, y = _long_tail(x, y, task.imbalance, num_classes, seed)
+    noisy = None
+    if task.label_noise > 0:
+        y, noisy = _noisy_labels(x, y, task.label_noise, task.noise_kind, num_classes, seed)
+    if task.duplicates > 1:
+        rng = _rng(seed, "duplicates")
+        distinct = torch.from_numpy(rng.permutation(len(x))[: max(1, int(round(len(x) / task.duplicates)))])
+        copies = torch.from_numpy(rng.geometric(1.0 / task.duplicates, size=len(distinct)))
+        rows = distinct.repeat_interleave(copies)
+        x, y = x[rows], y[rows]
+        noisy = None if noisy is None else noisy[rows]
+    return x, y, noisy
+
+
+def _long_tail(x: torch.Tensor, y: torch.Tensor, ratio: float, num_classes: int,
+               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.bincount(y, minlength=num_classes).tolist()
+    share = [ratio ** (-c / max(num_classes - 1, 1)) for c in range(num_classes)]
+    n_max = min(n / s for n, s in zip(counts, share) if n > 0)  # the head size every class can supply
+    order = torch.from_numpy(_rng(seed, "imbalance").permutation(len(x)))
+    keep = []
+    for c in range(num_classes):
+        members = order[y[order] == c]
+        keep.append(members[: max(1, int(round(n_max * share[c])))])
+    rows = torch.cat(keep)
+    return x[rows], y[rows]
+
+
+def _noisy_labels(x: torch.Tensor, y: torch.Tensor, rate: float, kind: str, num_classes: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = _rng(seed, "label_noise")
+    n = len(y)
+    flip = torch.from_numpy(rng.permutation(n)[: int(round(rate * n))])
+    new = y.clone()
+    if kind == "symmetric":
+        shift = torch.from_numpy(rng.integers(1, num_classes, size=len(flip)))
+        new[flip] = (y[flip] + shift) % num_classes  # any class but the true one, uniformly
+    else:
+        flat = x.flatten(1).float()
+        means = torch.stack([flat[y == c].mean(0) if (y == c).any() else torch.full_like(flat[0], float("inf"))
+                             for c in range(num_classes)])
+        dist = torch.cdist(means.nan_to_num(float("inf")), means.nan_to_num(float("inf")))
+        dist.fill_diagonal_(float("inf"))
+        partner = dist.nan_to_num(float("inf")).argmin(1)
+        new[flip] = partner[y[flip]]
+    noisy = torch.zeros(n, dtype=torch.bool)
+    noisy[flip] = True
+    return new, noisy
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator | None = None, pad: int = 2) -> torch.Tensor:

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebudget.errors import TuneBudgetError, field_path
+from tunebudget.registry import SCORERS, STRATEGIES
+from tunebudget.schedules import SCHEDULES
 
 SCHEMA_VERSION = 1
 
@@ -36,9 +38,8 @@ DATASETS: dict[str, str] = {
 }
 #: Built-in models; any ``package.module:factory`` callable is accepted too.
 MODELS = ("mlp", "cnn", "resnet18")
-SCORERS = ("loss", "margin", "entropy", "random", "assistant")
-STRATEGIES = ("full", "topk", "sample", "infobatch", "rs2")
-SCHEDULES = ("constant", "linear", "cosine", "step", "exponential")
+#: Task fields that change the training split (data regimes); see TaskSpec.
+REGIME_FIELDS = ("train_subset", "imbalance", "label_noise", "noise_kind", "duplicates")
 #: Top-level sections of a search-space file that are not part of the policy.
 SPACE_SECTIONS = ("search", "sweep", "baselines")
 
@@ -62,6 +63,19 @@ class TaskSpec(_Section):
     data_options: dict[str, Any] = Field(default_factory=dict)
     #: Extra keyword arguments of the model factory (e.g. mlp: hidden).
     model_options: dict[str, Any] = Field(default_factory=dict)
+    # ---- data regimes: applied to the training split only (validation and test stay as given) ----
+    #: Train on a subset of the training split: a count, or a share if below 1 (null: all of it).
+    train_subset: Optional[Union[int, float]] = Field(default=None, gt=0)
+    #: Long tail: class sizes fall exponentially so the largest class has this many times the
+    #: samples of the smallest (1: as given). Classification only.
+    imbalance: float = Field(default=1.0, ge=1, le=1000)
+    #: Share of training labels replaced by another class. Classification only.
+    label_noise: float = Field(default=0.0, ge=0, lt=1)
+    #: symmetric: the new label is any other class; pairs: the class whose mean training input is closest.
+    noise_kind: Literal["symmetric", "pairs"] = "symmetric"
+    #: Redundancy factor: the training split is rebuilt from 1/duplicates of its samples, each
+    #: repeated a geometric number of times with mean ``duplicates`` (its size stays about the same).
+    duplicates: float = Field(default=1.0, ge=1, le=100)
 
     @model_validator(mode="after")
     def _known_names(self) -> "TaskSpec":
@@ -74,7 +88,19 @@ class TaskSpec(_Section):
                 f"task.model: unknown model {self.model!r}; use one of {', '.join(MODELS)} "
                 "or 'package.module:factory'"
             )
+        if self.kind == "regression":
+            for name in ("label_noise", "imbalance"):
+                if getattr(self, name) != TaskSpec.model_fields[name].default:
+                    raise ValueError(f"task.{name}: needs class labels but task.dataset {self.dataset!r} "
+                                     "is a regression task; remove it")
+        if self.noise_kind != "symmetric" and self.label_noise == 0:
+            raise ValueError(f"task.noise_kind: {self.noise_kind!r} has no effect with task.label_noise 0; "
+                             "set task.label_noise (a share of the labels) or remove noise_kind")
         return self
+
+    def regime(self) -> dict[str, Any]:
+        """The data-regime fields that differ from a clean data set (empty: clean)."""
+        return {k: getattr(self, k) for k in REGIME_FIELDS if getattr(self, k) != TaskSpec.model_fields[k].default}
 
     @property
     def kind(self) -> str:
@@ -121,12 +147,19 @@ class TrainingSpec(_Section):
     nesterov: bool = True
     weight_decay: float = Field(default=5e-4, ge=0, lt=1)
     batch_size: int = Field(default=128, ge=1, le=65536)
-    schedule: Literal["constant", "linear", "cosine", "step", "exponential"] = "linear"
+    schedule: str = "linear"
     #: Share of the budget spent warming the LR up linearly from zero.
     lr_warmup: float = Field(default=0.0, ge=0, lt=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     #: torch.compile the model; compile time is spent before the clock starts.
     compile: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        if value not in SCHEDULES:
+            raise ValueError(f"training.schedule: unknown schedule {value!r}; use one of {', '.join(SCHEDULES)}")
+        return value
 
 
 class SelectionSpec(_Section):
@@ -134,13 +167,15 @@ class SelectionSpec(_Section):
 
     The first ``warmup`` share of the budget trains on all data; the last ``final_full``
     share too. In between the strategy keeps a share ``ratio`` of the samples (for
-    ``infobatch``: keeps ``ratio`` of the below-mean-loss samples), re-ranked every
-    ``rerank_every`` epochs. With ``shrink_span`` > 0 the kept share falls linearly from 1 to
-    ``ratio`` over that share of the budget after warm-up (delayed shrinking).
+    ``infobatch``: keeps ``ratio`` of the below-mean-loss samples; for ``online``: trains on
+    ``ratio`` of each step's candidates), re-ranked every ``rerank_every`` epochs. With
+    ``shrink_span`` > 0 the kept share falls linearly from 1 to ``ratio`` over that share of the
+    budget after warm-up (delayed shrinking). A field the strategy (or its scorer) does not read
+    must keep its default: see :data:`tunebudget.registry.STRATEGIES`.
     """
 
-    strategy: Literal["full", "topk", "sample", "infobatch", "rs2"] = "full"
-    scorer: Literal["loss", "margin", "entropy", "random", "assistant"] = "loss"
+    strategy: str = "full"
+    scorer: str = "loss"
     ratio: float = Field(default=1.0, gt=0, le=1)
     warmup: float = Field(default=0.0, ge=0, lt=1)
     rerank_every: int = Field(default=1, ge=1, le=1000)
@@ -148,26 +183,92 @@ class SelectionSpec(_Section):
     rescore: bool = False
     final_full: float = Field(default=0.0, ge=0, lt=1)
     shrink_span: float = Field(default=0.0, ge=0, lt=1)
-    #: Smallest probability share kept for every sample by the sampling strategies and the assistant.
+    #: Smallest probability share kept for every sample by the ``sample`` strategy.
     floor: float = Field(default=0.1, ge=0, le=1)
+    #: reducible: share of the budget spent training the irreducible-loss model(s) (charged). At
+    #: 0.1 they were too weak to keep wrong labels out on digits with 20% noise (29% of the trained
+    #: samples mislabelled, against 20% in the data); at 0.2, 13% (tests/test_selection.py).
+    il_budget: float = Field(default=0.2, gt=0, le=0.5)
+    #: reducible: 0 = two models on the two halves of the training split, each scoring the other
+    #: half (nothing held out); > 0 = one model on this share of the training split, which the
+    #: main model then never trains on.
+    il_holdout: float = Field(default=0.0, ge=0, le=0.5)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(STRATEGIES.unknown(value))
+        return value
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, value: str) -> str:
+        if value not in SCORERS:
+            raise ValueError(SCORERS.unknown(value))
+        return value
 
     @model_validator(mode="after")
     def _compatible(self) -> "SelectionSpec":
         if self.strategy == "full" and self.ratio < 1:
             raise ValueError(
                 f"selection.ratio is {self.ratio} but selection.strategy is 'full' (all data); "
-                "set ratio to 1 or choose a strategy such as topk, sample, infobatch or rs2"
+                "set ratio to 1 or choose a strategy such as topk, sample, infobatch, online or rs2"
             )
         if self.warmup + self.shrink_span + self.final_full >= 1:
             raise ValueError(
                 "selection.warmup + selection.shrink_span + selection.final_full must be below 1 "
                 f"(got {self.warmup} + {self.shrink_span} + {self.final_full}); shorten one of them"
             )
+        unread = self.unread()
+        if unread:
+            name = unread[0]
+            what = f"selection.strategy {self.strategy!r}"
+            if "scorer" in STRATEGIES.get(self.strategy).reads:
+                what += f" and selection.scorer {self.scorer!r}"
+            raise ValueError(
+                f"selection.{name}: {getattr(self, name)!r} has no effect with {what}, which use "
+                f"{', '.join(sorted(self.reads())) or 'no other selection field'}; remove it, or choose a "
+                "strategy or scorer that uses it")
         return self
+
+    def reads(self) -> set[str]:
+        """The fields this strategy and (if it scores) its scorer read."""
+        reads = set(STRATEGIES.get(self.strategy).reads)
+        if "scorer" in reads:
+            reads |= SCORERS.get(self.scorer).reads
+        return reads
+
+    def unread(self) -> list[str]:
+        """Fields set away from their defaults that nothing reads (a policy must have none)."""
+        reads = self.reads()
+        return [name for name, info in type(self).model_fields.items()
+                if name != "strategy" and name not in reads and getattr(self, name) != info.default]
 
     @property
     def selective(self) -> bool:
         return self.strategy != "full"
+
+    @property
+    def scores(self) -> bool:
+        """Whether the strategy uses importance scores (rs2 and full do not: no bookkeeping)."""
+        return "scorer" in STRATEGIES.get(self.strategy).reads
+
+
+def drop_unread(data: dict[str, Any], explicit: set[str]) -> None:
+    """Put back the defaults of selection fields that the policy's strategy (and scorer) do not read,
+    except those in ``explicit`` (dotted keys the caller set on purpose, which must then be
+    rejected). Used where overrides switch a base policy's strategy: a trial or a baseline that
+    turns a top-k base policy into RS2 drops the base's scorer instead of failing on it."""
+    sel = data.get("selection")
+    if not isinstance(sel, dict) or sel.get("strategy", "full") not in STRATEGIES:
+        return
+    reads = set(STRATEGIES.get(sel.get("strategy", "full")).reads)
+    if "scorer" in reads and sel.get("scorer", "loss") in SCORERS:
+        reads |= SCORERS.get(sel.get("scorer", "loss")).reads
+    for name, info in SelectionSpec.model_fields.items():
+        if name != "strategy" and name not in reads and name in sel and f"selection.{name}" not in explicit:
+            sel[name] = info.default
 
 
 class BudgetPolicy(_Section):
@@ -183,10 +284,11 @@ class BudgetPolicy(_Section):
 
     @model_validator(mode="after")
     def _task_fits(self) -> "BudgetPolicy":
-        if self.task.kind == "regression" and self.selection.scorer in ("margin", "entropy"):
+        if self.task.kind == "regression" and self.selection.scores and SCORERS.get(self.selection.scorer).needs_classes:
             raise ValueError(
                 f"selection.scorer {self.selection.scorer!r} needs class scores but task.dataset "
-                f"{self.task.dataset!r} is a regression task; use scorer loss, random or assistant"
+                f"{self.task.dataset!r} is a regression task; use one of "
+                + ", ".join(e.name for e in SCORERS if not e.needs_classes)
             )
         return self
 
@@ -210,6 +312,8 @@ class BudgetPolicy(_Section):
         data = self.to_dict()
         for key, value in overrides.items():
             set_dotted(data, key, value, source)
+        if "selection.strategy" in overrides or "selection.scorer" in overrides:
+            drop_unread(data, set(overrides))
         return policy_from_dict(data, source)
 
 

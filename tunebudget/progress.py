@@ -61,9 +61,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("training time", f"{summary['train_seconds']:.2f} s (validation {summary['eval_seconds']:.2f} s "
                   f"not charged; compile {summary['compile_seconds']:.2f} s before the clock)")
     table.add_row("scoring", f"{summary['scoring_seconds']:.2f} s ({summary['scoring_share'] * 100:.1f}% of training)")
+    if summary.get("il_seconds"):
+        table.add_row("irreducible-loss models", f"{summary['il_seconds']:.2f} s (charged; "
+                      f"{summary['holdout_size']} samples held out for them)")
     table.add_row("selection bookkeeping", f"{summary['selection_seconds']:.3f} s")
     table.add_row("samples seen", f"{summary['samples_seen']} ({summary['throughput']:.0f}/s)")
+    if summary.get("candidates_scored"):
+        table.add_row("online candidates scored", str(summary["candidates_scored"]))
     table.add_row("distinct samples trained", f"{summary['distinct_samples']} of {summary['train_size']}")
+    if summary.get("mislabelled_share") is not None:
+        table.add_row("trained samples with a wrong label", f"{summary['mislabelled_share'] * 100:.1f}%")
     table.add_row("device", f"{summary['device']} ({summary['threads']} threads)")
     out_console.print(table)
 

@@ -71,14 +71,12 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
     if best is None or best_base is None:
         return Verdict(best, best_base, float("nan"), float("nan"), False,
                        "No verdict: the baselines or the candidates have no finished confirmation runs.")
-    diff = sign * (best.mean - best_base.mean)
-    p = _welch_p(best.values, best_base.values, sign)
+    diff, p, beats = beyond_noise(best, best_base, sign)
     if best is best_base:
         text = (f"No searched policy beats the baselines: the best confirmed policy is the baseline "
                 f"{best.name!r} ({metric} {best.mean:.4f} ± {best.std:.4f}).")
         return Verdict(best, best_base, 0.0, float("nan"), False, text)
     enough = len(best.values) > 1 and len(best_base.values) > 1
-    beats = enough and diff > max(best.std, best_base.std) and p < 0.05
     how = "beats" if beats else "does not beat"
     text = (f"{best.name!r} {how} the best baseline {best_base.name!r} beyond the seed noise: "
             f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f} "
@@ -87,6 +85,16 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
     if not enough:
         text += " Too few seeds to judge: use --confirm-seeds 3 or more."
     return Verdict(best, best_base, diff, p, beats, text)
+
+
+def beyond_noise(a: Candidate, b: Candidate, sign: float = 1.0) -> tuple[float, float, bool]:
+    """``(difference, p, beats)``: does ``a`` beat ``b`` beyond the seed noise? The difference
+    (signed so that positive is better) must exceed both standard deviations and Welch's one-sided
+    t-test must give p < 0.05, with at least two values on each side."""
+    diff = sign * (a.mean - b.mean)
+    p = _welch_p(a.values, b.values, sign)
+    enough = len(a.values) > 1 and len(b.values) > 1
+    return diff, p, bool(enough and diff > max(a.std, b.std) and p < 0.05)
 
 
 def _welch_p(a: Sequence[float], b: Sequence[float], sign: float) -> float:

@@ -22,7 +22,6 @@ space must all be valid policies.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import random
@@ -33,7 +32,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunebudget.errors import TuneBudgetError, field_path
-from tunebudget.policy import BudgetPolicy, policy_from_dict, read_yaml, set_dotted, split_space
+from tunebudget.policy import BudgetPolicy, policy_from_dict, read_yaml, split_space
 
 #: How many random draws from a space are validated when it is loaded.
 CHECK_DRAWS = 200
@@ -264,13 +263,9 @@ def _check_baselines(space: SearchSpace) -> None:
 
 def _check_draws(space: SearchSpace) -> None:
     rng = random.Random(0)
-    base = space.base.to_dict()
     for _ in range(CHECK_DRAWS if space.params else 0):
-        data = copy.deepcopy(base)
-        for key, value in space.sample(rng).items():
-            set_dotted(data, key, value)
         try:
-            policy_from_dict(data, f"{space.path}: trial parameters")
+            space.policy_for(space.sample(rng))
         except TuneBudgetError as exc:
             raise TuneBudgetError(
                 f"{space.path}: search: the space can produce an invalid policy ({exc}); "

@@ -5,8 +5,12 @@ validation (a Tune trainable or the CLI plugs in there; returning True stops the
 ``on_progress(p)`` now and then for a progress bar.
 
 Per step, in a fixed order: read budget progress → stop at the deadline → end the epoch if
-the selection phase changed → set the LR from progress → maybe validate (clock paused) →
-forward, backward, step → record the scores the forward pass produced.
+the selection phase changed → maybe validate (clock paused) → set the LR from progress → (online
+selection: score the candidates, keep the best) → forward, backward, step → let the scorer learn
+and record the scores the forward pass produced → tick the clock.
+
+The trainer knows scorers and strategies only through their protocols
+(:mod:`tunebudget.selection.base`): which one runs is the policy's business.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from tunebudget.budget import BudgetClock
 from tunebudget.data import DataBundle, Split, augment_batch, load_data
 from tunebudget.errors import TuneBudgetError
 from tunebudget.models import build_model, count_parameters, final_linear
-from tunebudget.policy import BudgetPolicy
+from tunebudget.policy import BudgetPolicy, BudgetSpec
+from tunebudget.registry import SCORERS
 from tunebudget.schedules import lr_multiplier
-from tunebudget.selection import Assistant, EpochPlan, Selector, importance
+from tunebudget.selection import Batch, EpochPlan, Scorer, ScoringContext, Selector, build_scorer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 #: alternating runs on the 2-vCPU VM): 256 -> 15.3-15.9k/s, 512 -> 15.7-16.2k/s, 1024 -> 11.4k/s,
 #: and 2048 ran at half the speed of 512 on its own.
 EVAL_CHUNK = {"cpu": 512, "cuda": 4096}
+#: On a GPU the clock waits for the device (and the loss is checked for NaN) every this many
+#: steps, not at every step: the host stays at most this many steps ahead of the device.
+SYNC_EVERY = {"cuda": 16}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -83,6 +91,8 @@ class _Stats:
         self.loss_count = 0
         self.steps = 0
         self.epochs = 0
+        self.candidates = 0  # samples scored by online selection's candidate passes
+        self.mislabelled = torch.zeros((), dtype=torch.long, device=device)  # trained samples a noise regime changed
         self.selection_seconds = 0.0
         self.share = 1.0
 
@@ -91,6 +101,23 @@ class _Stats:
         self.loss_sum.zero_()
         self.loss_count = 0
         return value
+
+
+def carve(split: Split, share: float, seed: int) -> tuple[Split, Optional[Split]]:
+    """Split off a random ``share`` of ``split`` (a scorer's holdout); the rest stays for training."""
+    if share <= 0:
+        return split, None
+    n = len(split)
+    k = int(round(n * share))
+    if not 1 <= k < n:
+        raise TuneBudgetError(f"selection.il_holdout: {share} of {n} training samples leaves nothing on one side; "
+                              "use a share that keeps samples on both sides, or 0")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 29)).to(split.x.device)
+    rest, held = order[k:], order[:k]
+    def part(rows: torch.Tensor) -> Split:
+        return Split(split.x[rows], split.y[rows], None if split.noisy is None else split.noisy[rows])
+
+    return part(rest), part(held)
 
 
 class BudgetTrainer:
@@ -134,13 +161,11 @@ class BudgetTrainer:
         self.regression = self.data.kind == "regression"
         self.model = self._build_model()
         self.head = final_linear(self.model, self.data.num_outputs)
-        self.optimizer = self._build_optimizer()
+        self.optimizer = self._build_optimizer(self.model)
         self.gen = torch.Generator(device=self.device).manual_seed(policy.seed)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else None
-        self.clock = BudgetClock(policy.budget, sync=sync)
-        self.selector = Selector(policy.selection, len(self.data.train), self.device, self.gen)
-        self.assistant = Assistant(self.data.input_shape, self.data.num_outputs, self.device) \
-            if policy.selection.scorer == "assistant" and policy.selection.selective else None
+        self.clock = self._build_clock()
+        self.scorer, self.train, self.holdout = self._build_scorer()
+        self.selector = Selector(policy.selection, len(self.train), self.device, self.gen)
         self.compile_seconds = 0.0
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -150,22 +175,42 @@ class BudgetTrainer:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def _build_optimizer(self) -> torch.optim.Optimizer:
+    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         t = self.policy.training
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if t.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum,
                                    nesterov=t.nesterov and t.momentum > 0, **fused)
         return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _build_clock(self) -> BudgetClock:
+        if self.device.type != "cuda":
+            return BudgetClock(self.policy.budget)
+        return BudgetClock(self.policy.budget, sync=torch.cuda.synchronize, sync_every=SYNC_EVERY["cuda"],
+                           event=lambda: torch.cuda.Event(enable_timing=True))
+
+    def _build_scorer(self) -> tuple[Optional[Scorer], Split, Optional[Split]]:
+        """The policy's scorer (None for strategies that read no scores) and the training split
+        the main model trains on (less the scorer's holdout, if it asks for one)."""
+        spec = self.policy.selection
+        if not spec.scores:
+            return None, self.data.train, None
+        share = SCORERS.get(spec.scorer).load().holdout_share(spec)
+        train, holdout = carve(self.data.train, share, self.policy.seed)
+        ctx = ScoringContext(spec, train, self.data.num_outputs, self.data.input_shape, self.device, self.gen,
+                             head=lambda: self.head.weight.detach() if self.head is not None else None,
+                             fitter=_ScorerModels(self), holdout=holdout)
+        return build_scorer(ctx), train, holdout
+
+    def _forward(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> torch.Tensor:
+        model = self.model if model is None else model
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return self.model(x).float()
-        return self.model(x)
+                return model(x).float()
+        return model(x)
 
     def _per_sample_loss(self, out: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
         if self.regression:
@@ -187,7 +232,7 @@ class BudgetTrainer:
         t0 = time.perf_counter()
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model = torch.compile(self.model)
-        train = self.data.train
+        train = self.train
         n = min(self.policy.training.batch_size, len(train))
         xb, yb = train.x[:n].clone(), train.y[:n]
         torch._dynamo.maybe_mark_dynamic(xb, 0)
@@ -210,67 +255,84 @@ class BudgetTrainer:
             return torch.compiler.set_stance("eager_on_recompile")
         return contextlib.nullcontext()
 
-    # ---- evaluation -----------------------------------------------------------------------
+    # ---- forward-only passes ----------------------------------------------------------------
     @torch.no_grad()
+    def forward_chunks(self, split: Split, model: Optional[nn.Module] = None):
+        """``(ids, logits, per-sample losses)`` of ``split`` in eval mode, chunk by chunk."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(split), self.eval_chunk):
+                idx = torch.arange(start, min(start + self.eval_chunk, len(split)), device=self.device)
+                out = self._forward(split.x[idx], model)
+                yield idx, out, self._per_sample_loss(out, split.y[idx])
+        finally:
+            model.train(was_training)
+
     def evaluate(self, split: Split) -> dict[str, float]:
         """Loss and accuracy (classification) or MSE (regression) on a split, in eval mode."""
-        self.model.eval()
         loss_sum, correct = 0.0, 0
-        chunk = self.eval_chunk
-        for xb, yb in zip(split.x.split(chunk), split.y.split(chunk)):
-            out = self._forward(xb)
-            loss_sum += float(self._per_sample_loss(out, yb).sum())
+        for idx, out, losses in self.forward_chunks(split):
+            loss_sum += float(losses.sum())
             if not self.regression:
-                correct += int((out.argmax(1) == yb).sum())
-        self.model.train()
+                correct += int((out.argmax(1) == split.y[idx]).sum())
         n = max(len(split), 1)
         if self.regression:
             return {"loss": loss_sum / n, "mse": loss_sum / n}
         return {"loss": loss_sum / n, "accuracy": correct / n}
 
-    @torch.no_grad()
-    def _scoring_pass(self) -> None:
-        """A forward-only pass over all training samples to refresh their scores (charged)."""
-        self.model.eval()
-        train = self.data.train
+    def _refresh_scores(self) -> None:
+        """Fresh scores of every training sample (charged): a forward-only pass of the main model,
+        or the scorer alone when it needs none."""
+        assert self.scorer is not None
+        train = self.train
         with self.clock.scoring():
-            for start in range(0, len(train), self.eval_chunk):
-                idx = torch.arange(start, min(start + self.eval_chunk, len(train)), device=self.device)
-                out = self._forward(train.x[idx])
-                losses = self._per_sample_loss(out, train.y[idx])
-                self.selector.observe(idx, self._importance(out, losses))
-        self.clock.charge_scoring(len(train))
-        self.model.train()
+            if self.scorer.needs_forward:
+                for idx, out, losses in self.forward_chunks(train):
+                    self.selector.observe(idx, self.scorer.score(Batch(idx, train.x[idx], train.y[idx], out, losses)))
+                self.clock.charge_scoring(len(train))
+            else:
+                for idx in torch.arange(len(train), device=self.device).split(self.eval_chunk):
+                    self.selector.observe(idx, self.scorer.score(Batch(idx, train.x[idx], train.y[idx])))
 
     def _rescore_due(self, p: float) -> bool:
-        """Fresh scores of all samples before this epoch: the assistant's, or a scoring pass."""
-        if self.selector.phase(p) != "select":
+        """Fresh scores of all samples before this epoch: when a re-rank is due and either the
+        policy asks for a scoring pass or the scorer refreshes cheaply."""
+        if self.scorer is None or not self.selector.needs_rescore(p):
             return False
-        if self.assistant is not None:  # cheap: every re-rank, and every epoch for infobatch
-            return self.selector.needs_rescore(p) or self.policy.selection.strategy == "infobatch"
-        return self.policy.selection.rescore and self.selector.needs_rescore(p)
+        return self.policy.selection.rescore or self.scorer.cheap_refresh
 
-    def _refresh_scores(self) -> None:
-        if self.assistant is None:
-            self._scoring_pass()
-            return
-        train = self.data.train
+    @torch.no_grad()
+    def _choose_online(self, cand: torch.Tensor, share: float, stats: _Stats) -> torch.Tensor:
+        """Online selection: score the candidates with a forward-only pass (charged) and keep the best."""
+        assert self.scorer is not None
+        k = min(self.policy.training.batch_size, max(1, math.ceil(cand.numel() * share)))
+        train = self.train
         with self.clock.scoring():
-            self.selector.observe(torch.arange(len(train), device=self.device), self.assistant.predict(train.x, train.y))
-
-    def _importance(self, out: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        weight = self.head.weight.detach() if self.head is not None else None
-        return importance(self.policy.selection.scorer, out.detach(), losses.detach(), weight, self.gen)
+            batch = Batch(cand, train.x[cand], train.y[cand])
+            if self.scorer.needs_forward:
+                self.model.eval()
+                batch.logits = self._forward(batch.x)
+                batch.losses = self._per_sample_loss(batch.logits, batch.y)
+                self.model.train()
+                self.clock.charge_scoring(cand.numel())
+            chosen = self.selector.choose(cand, self.scorer.score(batch), k)
+        stats.candidates += cand.numel()
+        return chosen
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train until the budget is spent (or the loss diverges, or ``on_eval`` says stop)."""
         self._maybe_compile()
         self.model.train()
-        stats = _Stats(len(self.data.train), self.device)
+        stats = _Stats(len(self.train), self.device)
         history: list[dict[str, Any]] = []
         evals = _EvalSchedule(self.policy.budget.eval_every)
         self.clock.start()
+        if self.scorer is not None:
+            with self.clock.charged("il"):
+                self.scorer.prepare()
         status = "completed"
         with self._timed_stance():
             while status == "completed" and not self.clock.exhausted():
@@ -295,10 +357,10 @@ class BudgetTrainer:
 
     def _run_epoch(self, plan: EpochPlan, stats: _Stats, evals: "_EvalSchedule", history: list) -> str:
         t = self.policy.training
-        train = self.data.train
         smoothing = 0.0 if self.regression else t.label_smoothing
         ticks = int(self.clock.progress() * 200)
-        for idx in plan.order.split(t.batch_size):
+        per_step = math.ceil(t.batch_size / plan.share) if plan.online else t.batch_size
+        for idx in plan.order.split(per_step):
             p = self.clock.progress()
             if p >= 1.0 or self.selector.phase(p) != plan.phase:
                 return "completed"
@@ -310,7 +372,9 @@ class BudgetTrainer:
                 if not math.isfinite(metrics["train_loss"]):
                     return "diverged"
             self._set_lr(lr_multiplier(t.schedule, p, t.lr_warmup) * t.lr)
-            loss = self._step(train, idx, plan.weights, smoothing, stats)
+            if plan.online:
+                idx = self._choose_online(idx, plan.share, stats)
+            loss = self._step(idx, None if plan.online else plan.weights, smoothing, stats)
             if not math.isfinite(loss):
                 return "diverged"
             if int(p * 200) != ticks:
@@ -318,9 +382,8 @@ class BudgetTrainer:
                 self.on_progress(p)
         return "completed"
 
-    def _step(self, train: Split, idx: torch.Tensor, weights: Optional[torch.Tensor],
-              smoothing: float, stats: _Stats) -> float:
-        xb, yb = train.x[idx], train.y[idx]
+    def _step(self, idx: torch.Tensor, weights: Optional[torch.Tensor], smoothing: float, stats: _Stats) -> float:
+        xb, yb = self.train.x[idx], self.train.y[idx]
         if self.policy.task.augment and xb.dim() == 4:
             xb = augment_batch(xb, self.gen)
         out = self._forward(xb)
@@ -329,20 +392,24 @@ class BudgetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.assistant is not None:
-            self.assistant.update(xb, yb, losses)
-        elif self.policy.selection.selective:
-            self.selector.observe(idx, self._importance(out, losses))
+        if self.scorer is not None:
+            batch = Batch(idx, xb, yb, out.detach(), losses.detach())
+            self.scorer.update(batch)
+            self.selector.observe(idx, self.scorer.score(batch))
         stats.seen[idx] = True
+        if self.train.noisy is not None:
+            stats.mislabelled += self.train.noisy[idx].sum()
         stats.loss_sum += losses.detach().sum()
         stats.loss_count += idx.numel()
         stats.steps += 1
         self.clock.charge(idx.numel())
-        # NaN check: one sync per step on CUDA; on the CPU the value is already there.
-        return float(loss.detach()) if self.device.type == "cpu" or stats.steps % 16 == 0 else 0.0
+        self.clock.tick()
+        # NaN check: on a GPU only every SYNC_EVERY steps (a host sync); on the CPU the value is there
+        every = SYNC_EVERY.get(self.device.type, 1)
+        return float(loss.detach()) if every == 1 or stats.steps % every == 0 else 0.0
 
-    def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
+    def _set_lr(self, lr: float, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        for group in (optimizer or self.optimizer).param_groups:
             group["lr"] = lr
 
     def _validate(self, stats: _Stats, final: bool = False) -> dict[str, Any]:
@@ -353,15 +420,18 @@ class BudgetTrainer:
         with self.clock.paused():
             val = self.evaluate(split)
         train_s = self.clock.train_seconds()
+        scoring_s = self.clock.scoring_seconds
         metrics = {
             "progress": self.clock.progress(),
             "train_seconds": train_s,
             "eval_seconds": self.clock.eval_seconds,
-            "scoring_seconds": self.clock.scoring_seconds,
-            "scoring_share": self.clock.scoring_seconds / train_s if train_s > 0 else 0.0,
+            "scoring_seconds": scoring_s,
+            "scoring_share": scoring_s / train_s if train_s > 0 else 0.0,
+            "il_seconds": self.clock.seconds_in("il"),
             "selection_seconds": stats.selection_seconds,
             "train_loss": train_loss,
             "samples_seen": self.clock.samples_trained,
+            "candidates_scored": stats.candidates,
             "distinct_samples": int(stats.seen.sum()),
             "kept_share": stats.share,
             "epoch": stats.epochs,
@@ -377,24 +447,32 @@ class BudgetTrainer:
         test = self.evaluate(self.data.test) if status != "diverged" else {}
         test_seconds = time.perf_counter() - t0
         train_s = self.clock.train_seconds()
+        scoring_s = self.clock.scoring_seconds
         budget = self.policy.budget
         result_stats = {
             "limit": budget.kind,
             "budget_seconds": budget.seconds,
             "budget_samples": budget.samples,
             "train_seconds": train_s,
+            "overshoot_seconds": self.clock.overshoot_seconds(),
             "eval_seconds": self.clock.eval_seconds,
             "test_seconds": test_seconds,
-            "scoring_seconds": self.clock.scoring_seconds,
-            "scoring_share": self.clock.scoring_seconds / train_s if train_s > 0 else 0.0,
+            "scoring_seconds": scoring_s,
+            "scoring_share": scoring_s / train_s if train_s > 0 else 0.0,
+            "il_seconds": self.clock.seconds_in("il"),
             "selection_seconds": stats.selection_seconds,
             "compile_seconds": self.compile_seconds,
             "samples_seen": self.clock.samples_trained,
             "sample_passes_charged": self.clock.samples_used,
+            "candidates_scored": stats.candidates,
             "distinct_samples": int(stats.seen.sum()),
-            "train_size": len(self.data.train),
+            "mislabelled_share": (int(stats.mislabelled) / max(self.clock.samples_trained, 1)
+                                  if self.train.noisy is not None else None),
+            "train_size": len(self.train),
+            "holdout_size": len(self.holdout) if self.holdout is not None else 0,
             "steps": stats.steps,
             "epochs": stats.epochs,
+            "device_syncs": self.clock.syncs,
             "throughput": self.clock.samples_trained / train_s if train_s > 0 else 0.0,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
@@ -403,6 +481,48 @@ class BudgetTrainer:
         }
         val = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
         return TrainResult(status, self.policy, test, val, history, result_stats)
+
+
+class _ScorerModels:
+    """The trainer's :class:`~tunebudget.selection.base.Fitter`: models a scorer trains for itself
+    (the reducible scorer's irreducible-loss models), on the run's budget.
+
+    A model has the task's architecture and the policy's optimizer, learning rate and batch size,
+    with the LR decaying linearly to zero over its own share of the budget (wall-clock seconds or
+    sample passes, the kind the run uses). Its sample passes are charged to the run's budget.
+    """
+
+    def __init__(self, trainer: BudgetTrainer) -> None:
+        self.t = trainer
+
+    def fit(self, split: Split, share: float) -> nn.Module:
+        t, spec = self.t, self.t.policy.budget
+        sub = BudgetClock(BudgetSpec(seconds=spec.seconds * share if spec.seconds else None,
+                                     samples=spec.samples * share if spec.samples else None,
+                                     scoring_cost=spec.scoring_cost))
+        model = t._build_model()
+        model.train()
+        opt = t._build_optimizer(model)
+        bs = t.policy.training.batch_size
+        sub.start()
+        while not sub.exhausted():
+            for idx in torch.randperm(len(split), device=t.device, generator=t.gen).split(bs):
+                p = sub.progress()
+                if p >= 1.0:
+                    break
+                t._set_lr(lr_multiplier("linear", p) * t.policy.training.lr, opt)
+                loss = t._per_sample_loss(t._forward(split.x[idx], model), split.y[idx]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sub.charge(idx.numel())
+        t.clock.charge_passes(sub.samples_used)
+        return model
+
+    def losses(self, model: nn.Module, split: Split) -> torch.Tensor:
+        out = torch.cat([losses.float() for _, _, losses in self.t.forward_chunks(split, model)])
+        self.t.clock.charge_scoring(len(split))
+        return out
 
 
 class _EvalSchedule:

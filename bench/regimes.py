@@ -63,6 +63,7 @@ EPOCH_LEVEL = {"ratio": RATIO, "warmup": 0.2, "rerank_every": 2, "final_full": 0
 POLICIES: dict[str, dict[str, Any]] = {
     "full_linear": {"strategy": "full"},
     "rs2": {"strategy": "rs2", "ratio": RATIO},
+    "topk_random": {"strategy": "topk", "scorer": "random", **EPOCH_LEVEL},  # top-k's phases, no scorer
     "topk_loss": {"strategy": "topk", "scorer": "loss", **EPOCH_LEVEL},
     "topk_margin": {"strategy": "topk", "scorer": "margin", **EPOCH_LEVEL},
     "topk_entropy": {"strategy": "topk", "scorer": "entropy", **EPOCH_LEVEL},
@@ -285,6 +286,10 @@ def main() -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--seeds", type=int, default=5, help="paired seeds under the sample budget (the headline)")
     ap.add_argument("--wall-seeds", type=int, default=3, help="paired seeds under wall clock (0: skip)")
+    ap.add_argument("--wall-regimes", default=",".join(r for r in REGIMES if r != "clean_cnn"),
+                    help="regimes also run under wall clock (default: all but clean_cnn, whose runs take "
+                         "36 s each with two at once; bench/selection_vs_baselines.py covers the clean CNN "
+                         "under wall clock)")
     ap.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each")
     ap.add_argument("--best", action="append", default=[], metavar="REGIME=FILE",
                     help="a sweep's best policy for a regime (repeatable)")
@@ -304,8 +309,9 @@ def main() -> int:
                    args.workers, "samples")
     seconds = {r: statistics.median(x["train_seconds"] for x in rows if x["regime"] == r and x["policy"] == REFERENCE)
                for r in regimes}
-    if args.wall_seeds:
-        rows += run_all(jobs_for(regimes, policies, args.wall_seeds, "seconds", seconds), args.workers, "wall")
+    wall = [r for r in regimes if r in args.wall_regimes.split(",")]
+    if args.wall_seeds and wall:
+        rows += run_all(jobs_for(wall, policies, args.wall_seeds, "seconds", seconds), args.workers, "wall")
     took = time.time() - t0
     tables, md = {}, [f"# Selection by data regime: Fashion-MNIST, CPU ({args.workers} runs at once, 1 thread each)",
                       "", f"Command: `python bench/regimes.py {' '.join(sys.argv[1:])}`; took {took / 60:.0f} min.",

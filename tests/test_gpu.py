@@ -71,3 +71,18 @@ def test_compile_on_the_cpu_is_outside_the_budget():
     assert result.status == "completed"
     assert result.stats["compile_seconds"] > 0  # compiled and warmed up (longer when the cache is cold)...
     assert 1.0 <= result.stats["train_seconds"] < 1.5  # ...before the clock started
+
+
+@gpu
+@pytest.mark.parametrize("selection", [{"strategy": "full"},
+                                       {"strategy": "online", "scorer": "reducible", "ratio": 0.5}])
+def test_the_clock_waits_for_the_gpu_every_16_steps_not_every_step(selection):
+    policy = policy_from_dict(tiny_policy(task={"dataset": "synthetic", "model": "mlp", "val_size": 500},
+                                          budget={"seconds": 2.0, "samples": None, "eval_every": 0.25},
+                                          selection=selection))
+    result = BudgetTrainer(policy, device="cuda").run()
+    s = result.stats
+    assert result.status == "completed" and s["steps"] > 200
+    # start and stop, two per validation (4 of them), one per 16 steps; online scoring adds none
+    assert s["device_syncs"] <= 2 + 2 * 4 + s["steps"] // 16
+    assert s["overshoot_seconds"] < 0.25 and s["train_seconds"] >= 2.0

@@ -96,3 +96,21 @@ def test_search_space_file_trains_its_base_policy(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_files_are_valid_policies(path):
     assert isinstance(load_policy(path), BudgetPolicy)
+
+
+def test_switching_strategy_drops_the_fields_the_new_one_does_not_read():
+    base = policy_from_dict(tiny_policy(selection={"strategy": "topk", "ratio": 0.4, "scorer": "margin",
+                                                   "rerank_every": 3, "warmup": 0.2}))
+    rs2 = base.with_overrides({"selection.strategy": "rs2"})
+    assert rs2.selection.scorer == "loss" and rs2.selection.rerank_every == 1  # back to their defaults
+    assert rs2.selection.ratio == 0.4 and rs2.selection.warmup == 0.2  # RS2 reads these: kept
+    with pytest.raises(TuneBudgetError, match="selection.scorer: 'margin' has no effect"):
+        base.with_overrides({"selection.strategy": "rs2", "selection.scorer": "margin"})  # said on purpose
+
+
+def test_readme_documents_every_registered_name():
+    from tunebudget.registry import SCORERS, STRATEGIES
+
+    readme = (ROOT / "README.md").read_text()
+    for name in SCORERS.names() + STRATEGIES.names():
+        assert f"`{name}`" in readme, name

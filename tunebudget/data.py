@@ -52,6 +52,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def subset(self, rows: torch.Tensor | slice) -> "Split":
+        """The samples ``rows`` (an index tensor or a slice), noise mask included."""
+        return Split(self.x[rows], self.y[rows], None if self.noisy is None else self.noisy[rows])
+
 
 @dataclass
 class DataBundle:

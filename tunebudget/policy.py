@@ -228,10 +228,7 @@ class SelectionSpec(_Section):
 
     def reads(self) -> set[str]:
         """The fields this strategy and (if it scores) its scorer read."""
-        reads = set(STRATEGIES.get(self.strategy).reads)
-        if "scorer" in reads:
-            reads |= SCORERS.get(self.scorer).reads
-        return reads
+        return fields_read(self.strategy, self.scorer)
 
     def unread(self) -> list[str]:
         """Fields set away from their defaults that nothing reads (a policy must have none)."""
@@ -249,6 +246,15 @@ class SelectionSpec(_Section):
         return "scorer" in STRATEGIES.get(self.strategy).reads
 
 
+def fields_read(strategy: str, scorer: str) -> set[str]:
+    """The selection fields a (registered) strategy reads, plus its scorer's if it scores and the
+    scorer is registered (an unknown scorer is reported by the field's own validator)."""
+    reads = set(STRATEGIES.get(strategy).reads)
+    if "scorer" in reads and scorer in SCORERS:
+        reads |= SCORERS.get(scorer).reads
+    return reads
+
+
 def drop_unread(data: dict[str, Any], explicit: set[str]) -> None:
     """Put back the defaults of selection fields that the policy's strategy (and scorer) do not read,
     except those in ``explicit`` (dotted keys the caller set on purpose, which must then be
@@ -257,9 +263,7 @@ def drop_unread(data: dict[str, Any], explicit: set[str]) -> None:
     sel = data.get("selection")
     if not isinstance(sel, dict) or sel.get("strategy", "full") not in STRATEGIES:
         return
-    reads = set(STRATEGIES.get(sel.get("strategy", "full")).reads)
-    if "scorer" in reads and sel.get("scorer", "loss") in SCORERS:
-        reads |= SCORERS.get(sel.get("scorer", "loss")).reads
+    reads = fields_read(sel.get("strategy", "full"), sel.get("scorer", "loss"))
     for name, info in SelectionSpec.model_fields.items():
         if name != "strategy" and name not in reads and name in sel and f"selection.{name}" not in explicit:
             sel[name] = info.default

@@ -113,11 +113,7 @@ def carve(split: Split, share: float, seed: int) -> tuple[Split, Optional[Split]
         raise TuneBudgetError(f"selection.il_holdout: {share} of {n} training samples leaves nothing on one side; "
                               "use a share that keeps samples on both sides, or 0")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 29)).to(split.x.device)
-    rest, held = order[k:], order[:k]
-    def part(rows: torch.Tensor) -> Split:
-        return Split(split.x[rows], split.y[rows], None if split.noisy is None else split.noisy[rows])
-
-    return part(rest), part(held)
+    return split.subset(order[k:]), split.subset(order[:k])
 
 
 class BudgetTrainer:
@@ -416,7 +412,7 @@ class BudgetTrainer:
         train_loss = stats.train_loss()
         split, k = self.data.val, self.policy.budget.eval_samples
         if k and not final and k < len(split):  # the validation split is already a random draw
-            split = Split(split.x[:k], split.y[:k])
+            split = split.subset(slice(0, k))
         with self.clock.paused():
             val = self.evaluate(split)
         train_s = self.clock.train_seconds()

@@ -79,9 +79,9 @@ class Selector:
     def plan(self, p: float) -> EpochPlan:
         """The index tensor (and loss weights) of the next epoch at progress ``p``."""
         phase = self.phase(p)
-        if phase != "select":
-            return EpochPlan(torch.randperm(self.n, device=self.device, generator=self.gen), None, phase, 1.0)
-        plan = self.strategy.plan(self.share(p), self.scores)
+        if phase in ("warmup", "final"):
+            return EpochPlan(self.strategy.perm(self.n), None, phase, 1.0)
+        plan = self.strategy.plan(self.share(p), self.scores)  # full: Full.plan, every sample
         plan.phase = phase
         return plan
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from tunebudget.data import Split
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import SelectionSpec
 from tunebudget.selection.base import Batch, Scorer, ScoringContext
@@ -53,8 +52,8 @@ class ReducibleLossScorer(Scorer):
         order = torch.randperm(n, device=ctx.device, generator=ctx.gen)
         halves = order[: n // 2], order[n // 2:]
         for fit_on, score_on in (halves, halves[::-1]):
-            model = fitter.fit(Split(ctx.train.x[fit_on], ctx.train.y[fit_on]), share / 2)
-            self.il[score_on] = fitter.losses(model, Split(ctx.train.x[score_on], ctx.train.y[score_on]))
+            model = fitter.fit(ctx.train.subset(fit_on), share / 2)
+            self.il[score_on] = fitter.losses(model, ctx.train.subset(score_on))
 
     def score(self, batch: Batch) -> torch.Tensor:
         assert batch.losses is not None

@@ -16,13 +16,22 @@ Sources:
   Regression targets are standardised with the training split's mean and std.
 * ``mnist``, ``cifar10``, ``imagefolder``: torchvision data sets from a local ``task.root``
   (``download=False``: a missing root is a clear error, never a hanging download).
+* ``package.module:factory``: your own data, see :func:`user_data`.
+
+Inputs are standardised with the training split's mean and std, per feature (flat data) or per
+channel (images); a feature constant in the training split is only centred (see :func:`standardise`).
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import inspect
+import logging
+import math
 import os
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,7 +40,10 @@ import numpy as np
 import torch
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.models import _first_line, _import_factory
 from tunebudget.policy import TaskSpec
+
+log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
@@ -94,10 +106,22 @@ def _gunzip(path: Path, mtime_ns: int) -> bytes:
         return fh.read()
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    raw = _gunzip(path, path.stat().st_mtime_ns)
-    ndim = raw[3]
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions; a file that is not one (not gzip,
+    truncated, a wrong header) is a one-line TuneBudgetError naming it."""
+    fix = "replace it (re-install with 'apt-get install --reinstall dataset-fashion-mnist')"
+    try:
+        raw = _gunzip(path, path.stat().st_mtime_ns)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise TuneBudgetError(f"{path}: not a readable gzip file ({exc}); {fix}") from None
+    if len(raw) < 4 + 4 * ndim or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
+        raise TuneBudgetError(f"{path}: not an IDX file of {ndim}-dimensional unsigned bytes (its header is "
+                              f"{raw[:4].hex() or 'empty'}, expected 000008{ndim:02x}); {fix}")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    size, have = math.prod(dims), len(raw) - 4 - 4 * ndim
+    if have != size:
+        raise TuneBudgetError(f"{path}: {'truncated' if have < size else 'has trailing bytes'}: the header says "
+                              f"{'x'.join(map(str, dims))} = {size} bytes, the file holds {have}; {fix}")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
 
 
@@ -120,7 +144,11 @@ def find_fashion_mnist(root: str | None) -> Path:
 
 def _fashion_mnist(task: TaskSpec, seed: int) -> tuple[np.ndarray, ...]:
     d = find_fashion_mnist(task.root)
-    arrays = {k: _read_idx(d / f) for k, f in FASHION_MNIST_FILES.items()}
+    arrays = {k: _read_idx(d / f, 3 if k.endswith("_x") else 1) for k, f in FASHION_MNIST_FILES.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
+            raise TuneBudgetError(f"{d}: Fashion-MNIST's {split} images and labels differ in count "
+                                  f"({len(arrays[f'{split}_x'])} vs {len(arrays[f'{split}_y'])}); replace the files")
     return arrays["train_x"][:, None], arrays["train_y"], arrays["test_x"][:, None], arrays["test_y"]
 
 
@@ -217,8 +245,24 @@ def _torchvision(task: TaskSpec, seed: int) -> tuple[np.ndarray, ...]:
 
 
 def _imagefolder(torchvision: Any, root: Path, seed: int) -> tuple[np.ndarray, ...]:
-    ds = torchvision.datasets.ImageFolder(str(root))
-    xs = [np.asarray(ds.loader(p).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1) for p, _ in ds.samples]
+    """One class per sub-directory of ``root``; every image must load and have one size."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        ds = torchvision.datasets.ImageFolder(str(root))
+    except FileNotFoundError as exc:  # no class folders, or class folders without images
+        raise TuneBudgetError(f"task.root: {root} holds no images in class folders ({_first_line(exc)}); "
+                              "lay it out as ROOT/<class>/<image>.png with at least two classes") from None
+    if len(ds.classes) < 2:
+        raise TuneBudgetError(f"task.root: {root} holds one class folder ({ds.classes[0]}); a classifier needs "
+                              "at least two: add a folder per class")
+    xs = []
+    for path, _ in ds.samples:
+        try:
+            xs.append(np.asarray(ds.loader(path).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:  # PIL's errors for broken files
+            raise TuneBudgetError(f"task.root: {path} is not a readable image ({_first_line(exc)}); "
+                                  "remove or replace it") from None
     if len({x.shape for x in xs}) > 1:
         raise TuneBudgetError(f"task.root: images under {root} differ in size; resize them to one size first")
     x = np.stack(xs)
@@ -237,6 +281,204 @@ SOURCES: dict[str, Callable[[TaskSpec, int], tuple[np.ndarray, ...]]] = {
 }
 
 
+# ---- your own data: task.dataset "package.module:factory" -------------------------------------
+
+#: Keys of a factory's mapping of arrays; ``num_classes`` may come with either form.
+ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
+DATASET_KEYS = ("train", "test")
+_RETURNS = ("return (train_x, train_y, test_x, test_y) arrays or tensors, (train, test) torch Datasets "
+            "of (x, y) pairs, or a mapping of either (plus an optional num_classes)")
+
+
+def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+    """Your own data: ``task.dataset: package.module:factory``, called as ``factory(**task.data_options)``.
+
+    The factory returns the training and test data in one of these forms:
+
+    * ``(train_x, train_y, test_x, test_y)``, or a mapping with those keys: numpy arrays or torch
+      tensors. Inputs are flat, ``(N, F)``, or images, ``(N, C, H, W)`` or ``(N, H, W)`` (one channel
+      is added); uint8 inputs are divided by 255 like the built-in images. Targets are ``(N,)``.
+    * ``(train, test)``, or a mapping with keys ``train`` and ``test``: map-style torch Datasets
+      (``__len__`` and ``__getitem__``) whose items are ``(x, y)`` pairs, x a tensor or array of one
+      shape, y a number. They are read once into tensors.
+
+    A mapping may add ``num_classes`` (default: the largest label + 1). Classification targets
+    (``task.kind``, default classification) are integer labels 0 … C-1; regression targets
+    (``task.kind: regression``) are numbers. Anything else is a one-line TuneBudgetError naming
+    ``task.dataset``. Returns train x, train y, test x, test y as tensors (x float, y int64 or
+    float32) and ``num_classes`` if the factory gave it.
+    """
+    spec = task.dataset
+    factory = _import_factory(spec, "task.dataset")
+    _check_data_options(factory, task)
+    try:
+        out = factory(**task.data_options)
+    except TuneBudgetError:
+        raise
+    except Exception as exc:  # the user's code failed: one line, the traceback under -v
+        log.debug("task.dataset %s raised", spec, exc_info=True)
+        raise TuneBudgetError(f"task.dataset: {spec} raised {type(exc).__name__}: {_first_line(exc)}; fix the "
+                              "factory or its task.data_options (run with -v for the traceback)") from exc
+    num_classes = None
+    if isinstance(out, Mapping):
+        keys = set(out)
+        form = DATASET_KEYS if set(DATASET_KEYS) <= keys else ARRAY_KEYS
+        unknown = sorted(map(str, keys - set(form) - {"num_classes"}))
+        if unknown or not set(form) <= keys:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"keys {sorted(map(str, keys))}"
+            raise TuneBudgetError(f"task.dataset: {spec} returned a mapping with {what}; give keys "
+                                  f"{', '.join(ARRAY_KEYS)} or {', '.join(DATASET_KEYS)} (plus num_classes)")
+        num_classes = _num_classes(out.get("num_classes"), spec)
+        parts: tuple[Any, ...] = tuple(out[k] for k in form)
+    elif isinstance(out, (tuple, list)) and len(out) in (2, 4):
+        parts = tuple(out)
+    else:
+        got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TuneBudgetError(f"task.dataset: {spec} returned {got}; {_RETURNS}")
+    if len(parts) == 2:
+        (train_x, train_y), (test_x, test_y) = (_read_dataset(d, n, spec) for d, n in zip(parts, DATASET_KEYS))
+    else:
+        train_x, train_y, test_x, test_y = (_array(a, n, spec) for a, n in zip(parts, ARRAY_KEYS))
+    xtr, xte = _inputs(train_x, "train_x", spec), _inputs(test_x, "test_x", spec)
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise TuneBudgetError(f"task.dataset: {spec} returned train and test inputs of different shapes per "
+                              f"sample ({tuple(xtr.shape[1:])} and {tuple(xte.shape[1:])}); make them the same")
+    ytr = _targets(train_y, "train", len(xtr), task.kind, spec)
+    yte = _targets(test_y, "test", len(xte), task.kind, spec)
+    if task.kind == "classification":
+        top = int(max(ytr.max(), yte.max()))
+        if num_classes is not None and top >= num_classes:
+            raise TuneBudgetError(f"task.dataset: {spec} returned label {top} but num_classes {num_classes}; "
+                                  f"labels must be 0 … {num_classes - 1}")
+        if (num_classes or top + 1) < 2:
+            raise TuneBudgetError(f"task.dataset: {spec} returned labels of one class only; a classification "
+                                  "task needs two or more (or set task.kind: regression)")
+    return xtr, ytr, xte, yte, num_classes
+
+
+def _check_data_options(factory: Callable[..., Any], task: TaskSpec) -> None:
+    """``task.data_options`` against the factory's keyword parameters (as build_model checks model options)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to check against (a builtin, say): the call will tell
+        return
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    bad = [k for k in task.data_options if k not in known]
+    if bad and not takes_kwargs:
+        raise TuneBudgetError(f"task.data_options: unknown option {bad[0]!r} for data set {task.dataset}; "
+                              f"valid options are {', '.join(known) or 'none'}")
+    missing = [n for n in known if params[n].default is params[n].empty and n not in task.data_options]
+    if missing:
+        raise TuneBudgetError(f"task.data_options: data set {task.dataset} needs option {missing[0]!r} (it has "
+                              f"no default); set task.data_options.{missing[0]}")
+
+
+def _num_classes(value: Any, spec: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 2:
+        return int(value)
+    raise TuneBudgetError(f"task.dataset: {spec} returned num_classes {value!r}; give an integer of at least 2 "
+                          "(or leave it out: the largest label + 1)")
+
+
+def _array(value: Any, name: str, spec: str) -> np.ndarray:
+    """A returned array or tensor as a numpy array of numbers."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() and value.dtype not in (torch.float32, torch.float64)
+                 else value).numpy()
+    if not isinstance(value, np.ndarray):
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} as a {type(value).__name__}; "
+                              "give a numpy array or a torch tensor")
+    if value.dtype.kind not in "biuf":
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} of dtype {value.dtype}; give numbers "
+                              "(encode class names as integer labels 0 … C-1)")
+    if value.ndim == 0 or len(value) == 0:
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} with no samples (shape {value.shape}); "
+                              "return at least one sample in each split")
+    return value
+
+
+def _read_dataset(ds: Any, name: str, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """A map-style Dataset of (x, y) pairs read into two arrays."""
+    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
+        return _array(ds.tensors[0], f"{name} x", spec), _array(ds.tensors[1], f"{name} y", spec)
+    if not (hasattr(ds, "__len__") and hasattr(ds, "__getitem__")):
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} as a {type(ds).__name__}, not a map-style "
+                              f"torch Dataset (with __len__ and __getitem__); {_RETURNS}")
+    if len(ds) == 0:
+        raise TuneBudgetError(f"task.dataset: {spec} returned an empty {name} Dataset; return at least one "
+                              "sample in each split")
+    xs, ys = [], []
+    for i in range(len(ds)):
+        try:
+            item = ds[i]
+        except Exception as exc:  # the user's Dataset failed: one line, the traceback under -v
+            log.debug("task.dataset %s: %s[%d] raised", spec, name, i, exc_info=True)
+            raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] raised {type(exc).__name__}: "
+                                  f"{_first_line(exc)}; fix the Dataset's __getitem__ (run with -v for the "
+                                  "traceback)") from exc
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] is a {type(item).__name__}, not an (x, y) "
+                                  "pair; make __getitem__ return (input, target)")
+        x, y = item
+        if type(x).__module__.startswith("PIL"):
+            raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] holds a PIL image; give tensors "
+                                  "(e.g. transform=torchvision.transforms.ToTensor())")
+        xs.append(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+        ys.append(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y))
+        if xs[-1].shape != xs[0].shape:
+            raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] has input shape {xs[-1].shape}, "
+                                  f"{name}[0] {xs[0].shape}; give every sample the same shape")
+        if ys[-1].size != 1:
+            raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] has a target of shape {ys[-1].shape}; "
+                                  "give one number (a class label or a value) per sample")
+    return _array(np.stack(xs), f"{name} x", spec), _array(np.stack(ys).reshape(-1), f"{name} y", spec)
+
+
+def _inputs(x: np.ndarray, name: str, spec: str) -> torch.Tensor:
+    """Flat ``(N, F)`` or images ``(N, C, H, W)`` / ``(N, H, W)`` as a float tensor."""
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim not in (2, 4):
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} of shape {x.shape}; give flat inputs "
+                              "(N, features) or images (N, C, H, W) or (N, H, W)")
+    t = _to_float(x.astype(np.float32) if x.dtype.kind == "b" else x)
+    if not torch.isfinite(t).all():
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} with NaN or infinite values; "
+                              "drop or impute them")
+    return t
+
+
+def _targets(y: np.ndarray, split: str, n: int, kind: str, spec: str) -> torch.Tensor:
+    """The ``split``'s targets, one per sample: int64 labels 0 … C-1 (classification) or float32 values
+    (regression)."""
+    name = f"{split}_y"
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise TuneBudgetError(f"task.dataset: {spec} returned {name} of shape {y.shape}; give one target "
+                              "per sample, shape (N,)")
+    if len(y) != n:
+        raise TuneBudgetError(f"task.dataset: {spec} returned {n} {split} inputs but {len(y)} {split} targets; "
+                              "give one target per input")
+    if kind == "regression":
+        t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+        if not torch.isfinite(t).all():
+            raise TuneBudgetError(f"task.dataset: {spec} returned {name} with NaN or infinite values; "
+                                  "drop or impute them")
+        return t
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise TuneBudgetError(f"task.dataset: {spec} returned non-integer labels in {name}; give class labels "
+                              "0 … C-1 for classification, or set task.kind: regression")
+    if y.min() < 0:
+        raise TuneBudgetError(f"task.dataset: {spec} returned a negative label ({y.min():g}) in {name}; "
+                              "give class labels 0 … C-1")
+    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
 # ---- assembly ------------------------------------------------------------------------------
 
 def _to_float(x: np.ndarray) -> torch.Tensor:
@@ -246,38 +488,42 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
 
 def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu") -> DataBundle:
     """Load, split (fixed seed), normalise and move a data set to ``device``."""
-    if task.dataset not in SOURCES:
-        raise TuneBudgetError(f"task.dataset: unknown data set {task.dataset!r}; use one of {', '.join(SOURCES)}")
-    if task.dataset not in ("synthetic", "synthetic_regression") and task.data_options:
-        raise TuneBudgetError(
-            f"task.data_options: {task.dataset} takes no options (got {sorted(task.data_options)}); remove them"
-        )
-    train_x, train_y, test_x, test_y = SOURCES[task.dataset](task, seed)
-    xtr, xte = _to_float(train_x), _to_float(test_x)
-    ytr, yte = torch.from_numpy(np.ascontiguousarray(train_y)), torch.from_numpy(np.ascontiguousarray(test_y))
+    num_classes: int | None = None
+    if task.dataset not in SOURCES and task.user_data:
+        xtr, ytr, xte, yte, num_classes = user_data(task)
+    else:
+        if task.dataset not in SOURCES:
+            raise TuneBudgetError(f"task.dataset: unknown data set {task.dataset!r}; use one of {', '.join(SOURCES)} "
+                                  "or 'package.module:factory' (your own data)")
+        if task.dataset not in ("synthetic", "synthetic_regression") and task.data_options:
+            raise TuneBudgetError(
+                f"task.data_options: {task.dataset} takes no options (got {sorted(task.data_options)}); remove them"
+            )
+        train_x, train_y, test_x, test_y = SOURCES[task.dataset](task, seed)
+        xtr, xte = _to_float(train_x), _to_float(test_x)
+        ytr, yte = torch.from_numpy(np.ascontiguousarray(train_y)), torch.from_numpy(np.ascontiguousarray(test_y))
     regression = task.kind == "regression"
     ytr, yte = (ytr.float(), yte.float()) if regression else (ytr.long(), yte.long())
 
     n_val = task.val_size if isinstance(task.val_size, int) and task.val_size >= 1 else int(len(xtr) * task.val_size)
-    if not 1 <= n_val < len(xtr):
+    if not 1 <= n_val <= len(xtr) // 2:  # more held out than trained on is a mistake, not a design
         raise TuneBudgetError(
-            f"task.val_size: {task.val_size} leaves no training data out of {len(xtr)} samples; "
-            f"use fewer than {len(xtr)} (or a share below 1)"
+            f"task.val_size: {task.val_size} holds out {n_val} of {len(xtr)} training samples for validation, "
+            f"{'none' if n_val < 1 else 'more than half'}; use 1 to {len(xtr) // 2} (or a share up to 0.5)"
         )
     order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 17))
     val_idx, tr_idx = order[:n_val], order[n_val:]
     x_train, x_val = xtr[tr_idx], xtr[val_idx]
     y_train = ytr[tr_idx]
-    num_outputs = 1 if regression else int(max(int(ytr.max()), int(yte.max())) + 1)
+    num_outputs = 1 if regression else num_classes or int(max(int(ytr.max()), int(yte.max())) + 1)
     x_train, y_train, noisy = apply_regime(x_train, y_train, task, seed, num_outputs)
 
-    dims = [0, 2, 3] if x_train.dim() == 4 else [0]
-    mean, std = x_train.mean(dim=dims, keepdim=True), x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    mean, std = standardise(x_train, [0, 2, 3] if x_train.dim() == 4 else [0])
     x_train.sub_(mean).div_(std)  # in place: both are fresh copies made by the indexing above
     x_val.sub_(mean).div_(std)
     y_val = ytr[val_idx]
     if regression:  # standardised targets: an MSE of 1 is what predicting the mean scores
-        y_mean, y_std = y_train.mean(), y_train.std().clamp_min(1e-6)
+        y_mean, y_std = standardise(y_train, [0])
         y_train, y_val, yte = (y_train - y_mean) / y_std, (y_val - y_mean) / y_std, (yte - y_mean) / y_std
     bundle = DataBundle(
         train=Split(x_train, y_train, noisy),
@@ -290,6 +536,21 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
     )
     dev = torch.device(device)
     return bundle.to(dev, channels_last=dev.type == "cuda")
+
+
+def standardise(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``x`` over ``dims`` (kept), to compute ``(x - mean) / std``.
+
+    A feature constant in ``x`` (spread within float rounding of its size, or one sample) gets
+    std 1: centred, not scaled. Dividing by a clamped std of ~0 instead turned a value that is
+    constant in the training split but not elsewhere into ~1e6 in validation or test (on digits a
+    pixel that is 0 in every training image and 1 in one validation image).
+    """
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True) if x.numel() > x[0].numel() else torch.zeros_like(mean)
+    size = x.abs().amax(dim=dims, keepdim=True)
+    constant = ~(std > 1e-5 * size)  # NaN-safe; 0 <= 0 for an all-zero feature
+    return mean, torch.where(constant, torch.ones_like(std), std)
 
 
 # ---- data regimes (training split only) ----------------------------------------------------------

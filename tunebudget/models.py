@@ -18,6 +18,7 @@ from torch import nn
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import TaskSpec
+from tunebudget.util import IMPORT_FIX, with_working_dir_on_path
 
 
 class MLP(nn.Module):
@@ -80,18 +81,39 @@ def resnet18(input_shape: Sequence[int], num_outputs: int) -> nn.Module:
 BUILTIN: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "resnet18": resnet18}
 
 
-def _import_factory(spec: str) -> Callable[..., nn.Module]:
+def _import_factory(spec: str, field: str = "task.model") -> Callable[..., Any]:
+    """The callable ``spec`` (``package.module:factory``) names; any failure to import it is a
+    one-line TuneBudgetError naming ``field``. Shared by models and data sets (tunebudget.data):
+    both import in the process that trains. The module is found on PYTHONPATH or in the working
+    directory; a local sweep's Ray workers find it the same way (Ray adds the driver's working
+    directory to their sys.path and they inherit its PYTHONPATH)."""
     module_name, _, attr = spec.partition(":")
+    with_working_dir_on_path()
+    fix = IMPORT_FIX
     try:
         module = importlib.import_module(module_name)
-        factory = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise TuneBudgetError(
-            f"task.model: cannot import {spec!r} ({exc}); give 'package.module:factory' of an importable callable"
-        ) from None
+    except Exception as exc:  # not found, or the user's module failed while being imported
+        parts = module_name.split(".")
+        not_found = isinstance(exc, ModuleNotFoundError) and exc.name in {
+            ".".join(parts[: i + 1]) for i in range(len(parts))}
+        if not_found:
+            raise TuneBudgetError(f"{field}: cannot import {spec!r} ({_first_line(exc)}); {fix}") from None
+        raise TuneBudgetError(f"{field}: cannot import {spec!r}: importing {module_name} raised "
+                              f"{type(exc).__name__}: {_first_line(exc)}; fix the module (or install what it "
+                              "imports) so that it imports") from exc
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise TuneBudgetError(f"{field}: cannot import {spec!r} (module {module_name} has no attribute {attr!r}); "
+                              "give 'package.module:factory' of a callable it defines")
     if not callable(factory):
-        raise TuneBudgetError(f"task.model: {spec!r} is not callable; give a function or class")
+        raise TuneBudgetError(f"{field}: {spec!r} is not callable; give a function or class")
     return factory
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (a multi-line message keeps its first line)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def build_model(task: TaskSpec, input_shape: Sequence[int], num_outputs: int) -> nn.Module:
@@ -106,9 +128,45 @@ def build_model(task: TaskSpec, input_shape: Sequence[int], num_outputs: int) ->
             f"task.model_options: unknown option {bad[0]!r} for model {task.model}; "
             f"valid options are {', '.join(known) or 'none'}"
         )
-    model = factory(tuple(input_shape), num_outputs, **task.model_options)
+    if task.model in BUILTIN:
+        return factory(tuple(input_shape), num_outputs, **task.model_options)
+    return _user_model(task.model, factory, tuple(input_shape), num_outputs, task.model_options)
+
+
+def _user_model(spec: str, factory: Callable[..., Any], input_shape: tuple[int, ...], num_outputs: int,
+                options: dict[str, Any]) -> nn.Module:
+    """Call a user's model factory and check what it built with one forward pass on a batch of
+    two zero inputs (on the CPU, before the clock starts): every failure is one line naming task.model."""
+    try:
+        inspect.signature(factory).bind(input_shape, num_outputs, **options)
+    except TypeError as exc:
+        raise TuneBudgetError(f"task.model: {spec} cannot be called as factory(input_shape, num_outputs, "
+                              f"**model_options) ({exc}); give it those parameters") from None
+    try:
+        model = factory(input_shape, num_outputs, **options)
+    except Exception as exc:  # noqa: BLE001 - the user's code: report it, do not crash
+        raise TuneBudgetError(f"task.model: {spec}{input_shape, num_outputs} raised {type(exc).__name__}: "
+                              f"{_first_line(exc)}; fix the factory") from None
     if not isinstance(model, nn.Module):
-        raise TuneBudgetError(f"task.model: {task.model} returned {type(model).__name__}, not a torch.nn.Module")
+        raise TuneBudgetError(f"task.model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TuneBudgetError(f"task.model: {spec} built a {type(model).__name__} with no trainable parameters; "
+                              "return a model with parameters to train")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *input_shape))
+    except Exception as exc:  # noqa: BLE001
+        raise TuneBudgetError(f"task.model: {spec}'s forward pass on inputs of shape {(2, *input_shape)} raised "
+                              f"{type(exc).__name__}: {_first_line(exc)}; make the model accept the task's "
+                              "inputs (input_shape is passed to the factory)") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != (2, num_outputs):
+        got = f"outputs of shape {shape}" if shape is not None else f"a {type(out).__name__}"
+        raise TuneBudgetError(f"task.model: {spec} gives {got} for a batch of 2; the task needs ({2}, {num_outputs}) "
+                              f"(one output per class, or 1 for regression: num_outputs is passed to the factory)")
     return model
 
 
@@ -128,7 +186,3 @@ def final_linear(model: nn.Module, num_outputs: int) -> nn.Linear | None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def describe(model: nn.Module) -> dict[str, Any]:
-    return {"class": type(model).__name__, "parameters": count_parameters(model)}

@@ -8,18 +8,39 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename: all or nothing."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename: all or nothing."""
+    atomic_write_bytes(path, text.encode())
+
+
+def write_output(path: str | os.PathLike[str], text: str, flag: str) -> Path:
+    """Write a file the user asked for (``flag`` names the option): atomically, with a one-line
+    TuneBudgetError for a directory or a place that cannot be written."""
+    from tunebudget.errors import TuneBudgetError
+
+    out = Path(path)
+    if out.is_dir():
+        raise TuneBudgetError(f"{flag} {path}: is a directory; give a file path")
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:
+        raise TuneBudgetError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
+                              "give a path you can write to") from None
+    return out
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
@@ -31,3 +52,65 @@ def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Raise TuneBudgetError (naming ``what``) unless ``path`` is, or can be made, a writable directory.
+
+    Leaves nothing behind: directories it had to create to find out are removed again.
+    """
+    from tunebudget.errors import TuneBudgetError
+
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tunebudget-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "there" if str(path) in what else f"to {path}"
+        why = "part of the path is a file" if isinstance(exc, (FileExistsError, NotADirectoryError)) else \
+            exc.strerror or str(exc)
+        raise TuneBudgetError(f"{what}: cannot write {where} ({why}); "
+                              "give a directory you can write to") from None
+    finally:
+        for p in created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+
+
+#: How to make a user's ``package.module:factory`` importable (models and data sets).
+IMPORT_FIX = ("make the module importable: run from the directory that holds it, or add that directory "
+              "to PYTHONPATH (or pip install its package)")
+
+
+def with_working_dir_on_path() -> None:
+    """``python -m tunebudget`` puts the working directory first on sys.path, the ``tunebudget``
+    console script does not: look there too (last, so it shadows nothing installed)."""
+    import sys
+
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
+
+
+def check_importable(spec: str, field: str) -> None:
+    """Raise TuneBudgetError when the module of ``package.module:factory`` cannot be found, without
+    importing it (the sweep's driver stays free of torch and of the user's import side effects)."""
+    import importlib.util
+
+    from tunebudget.errors import TuneBudgetError
+
+    module = spec.partition(":")[0]
+    with_working_dir_on_path()
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError) as exc:  # a parent package that is missing or fails to import
+        found, why = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    else:
+        why = f"No module named {module!r}"
+    if not found:
+        raise TuneBudgetError(f"{field}: cannot import {spec!r} ({why}); {IMPORT_FIX}")

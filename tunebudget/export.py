@@ -11,18 +11,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import BudgetPolicy, policy_from_dict, save_policy
+from tunebudget.policy import BudgetPolicy, load_yaml_text, policy_from_dict
 from tunebudget.tracking import Tracker, resolve_uri
+from tunebudget.util import atomic_write_bytes, write_output
 
 REPORT_FILES = ("summary.md", "summary.json", "best_policy.yaml", "optimization_history.png",
                 "param_importance.png", "validation_vs_time.png")
 
 
-def _sweep(ref: str, tracking_uri: Optional[str]) -> tuple[Tracker, Any]:
+def _sweep(ref: str, tracking_uri: Optional[str], command: str) -> tuple[Tracker, Any]:
     tracker = Tracker(tracking_uri)
-    tracker.check()
+    tracker.check(create=False)
     with tracker.writing(f"cannot read sweep {ref!r}"):
-        return tracker, tracker.find_parent(ref)
+        return tracker, tracker.find_parent(ref, command)
 
 
 def _best_finished_trial(tracker: Tracker, parent: Any) -> BudgetPolicy:
@@ -44,10 +45,15 @@ def export_best(ref: str, output: str, tracking_uri: Optional[str] = None, allow
     """Write the sweep's best policy (chosen on the confirmed mean) to ``output`` as YAML."""
     out = Path(output)
     if out.is_dir():
-        raise TuneBudgetError(f"-o {output}: is a directory; give a file name such as best_policy.yaml")
-    tracker, parent = _sweep(ref, tracking_uri)
+        raise TuneBudgetError(f"export -o {output}: is a directory; give a file name such as best_policy.yaml")
+    tracker, parent = _sweep(ref, tracking_uri, "export")
     status = parent.info.status
     if status != "FINISHED":
+        if not allow_partial and status == "FAILED":
+            raise TuneBudgetError(
+                f"export {ref}: sweep {parent.data.tags.get('sweep_name', parent.info.run_id)} failed "
+                f"({parent.data.tags.get('verdict', 'see its parent run in MLflow')}); start a new sweep, or pass "
+                "--allow-partial to export its best finished trial")
         if not allow_partial:
             raise TuneBudgetError(
                 f"export {ref}: sweep {parent.data.tags.get('sweep_name', parent.info.run_id)} has not finished "
@@ -56,40 +62,107 @@ def export_best(ref: str, output: str, tracking_uri: Optional[str] = None, allow
         policy = _best_finished_trial(tracker, parent)
     else:
         text = tracker.download_text(parent.info.run_id, "best_policy.yaml")
-        import yaml
-
-        policy = policy_from_dict(yaml.safe_load(text), f"run {parent.info.run_id}: best_policy.yaml")
-    save_policy(policy, out)
-    return out
+        policy = policy_from_dict(load_yaml_text(text), f"run {parent.info.run_id}: best_policy.yaml")
+    return write_output(out, policy.to_yaml(), "export -o")
 
 
 def write_report(ref: str, output: str, tracking_uri: Optional[str] = None) -> Path:
     """Copy a sweep's plots and markdown summary from its parent run into ``output``/."""
-    tracker, parent = _sweep(ref, tracking_uri)
+    tracker, parent = _sweep(ref, tracking_uri, "report")
     names = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
     wanted = [n for n in REPORT_FILES if n in names]
     if not wanted:
         raise TuneBudgetError(f"report {ref}: the sweep's parent run has no report artifacts "
                               f"(status {parent.info.status}); finish the sweep first")
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in wanted:
-            path = Path(tracker.client.download_artifacts(parent.info.run_id, name, tmp))
-            (out / name).write_bytes(path.read_bytes())
+    if out.exists() and not out.is_dir():
+        raise TuneBudgetError(f"report -o {output}: is a file; give a directory for the report (e.g. -o report)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in wanted:
+                path = Path(tracker.client.download_artifacts(parent.info.run_id, name, tmp))
+                atomic_write_bytes(out / name, path.read_bytes())
+    except OSError as exc:
+        raise TuneBudgetError(f"report -o {output}: cannot write there ({exc.strerror or exc}); "
+                              "give a directory you can write to") from None
     return out
 
 
 def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = None) -> int:
-    """Run ``mlflow ui`` on the store (local by default), bound to ``host`` (127.0.0.1 by default)."""
+    """Run ``mlflow ui`` on the store (local by default), bound to ``host`` (127.0.0.1 by default).
+
+    One uvicorn worker and no job runner: MLflow 3 otherwise starts four workers, a job runner
+    and seven huey consumers for GenAI features (2-3 GB, twice the start-up time) that tunebudget
+    never uses. Once the server answers, prints on stdout the link to the latest sweep's parent
+    run in the Model training view (or to the experiments list); this process does not import
+    MLflow, so it stays small while it waits.
+    """
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from tunebudget.tracking import artifact_root, is_local, latest_sweep_link, sqlite_file
+
     if not 0 < port < 65536:
         raise TuneBudgetError(f"--port: must be 1-65535 (got {port})")
     uri = resolve_uri(tracking_uri)
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
         raise TuneBudgetError(f"--tracking-uri {uri}: is a tracking server already; open it in a browser instead")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    db = sqlite_file(uri)
+    if db is not None and not db.parent.is_dir() and uri == resolve_uri(None) and not tracking_uri:
+        db.parent.mkdir(parents=True)  # the default store before any sweep: serve it empty
+    if db is not None and not db.parent.is_dir():
+        raise TuneBudgetError(f"--tracking-uri {uri}: no directory {db.parent}; check the path")
+    if is_local(uri) and not uri.startswith("sqlite") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() \
+            not in ("true", "1"):
+        raise TuneBudgetError(f"--tracking-uri {uri}: MLflow 3 serves file stores only with "
+                              "MLFLOW_ALLOW_FILE_STORE=true; or migrate it with 'mlflow migrate-filestore'")
     try:
-        return subprocess.call(cmd, env=os.environ.copy())
-    except KeyboardInterrupt:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise TuneBudgetError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
+                              "pick another port with --port") from None
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    root = artifact_root(uri)
+    if root is not None:  # what someone logs through this server goes next to the store, not to ./mlartifacts
+        cmd += ["--artifacts-destination", str(root)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else (
+        f"[{host}]" if ":" in host else host)
+    base = f"http://{shown}:{port}"
+    print(f"Starting the MLflow UI on {base} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    proc = subprocess.Popen(cmd, env=env)
+    try:  # `kill` of this process stops the server too (mlflow passes SIGTERM on to uvicorn)
+        signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    except ValueError:  # not the main thread
+        pass
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            return proc.returncode
+        what, link = latest_sweep_link(base)
+        print(f"MLflow UI ({what}): {link}", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the server too
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
         return 0
+    finally:
+        if proc.poll() is None:  # an error here, or a SIGTERM turned into an exception: do not leave it running
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -7,11 +7,17 @@ sweep finds the runs of trials that had finished and does not log them again.
 
 Default store: ``sqlite:///<cwd>/mlflow/mlflow.db`` with artifacts under ``mlflow/artifacts``.
 Any tracking URI through ``--tracking-uri`` or ``MLFLOW_TRACKING_URI``; it is checked before
-the first trial starts.
+the first trial starts. A local sqlite store, however its URI is written, keeps its artifacts in
+``artifacts/`` next to the database file (MLflow's default is ``./mlruns`` in whatever directory
+the process runs in); a file store keeps them inside itself, as MLflow does.
+
+Experiments are tagged as model training (``mlflow.experimentKind``), and ``ui_url`` builds the
+links that open MLflow 3's UI on its Model training view instead of its GenAI one.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import math
@@ -31,6 +37,11 @@ RUN_NAME_TAG = "mlflow.runName"
 USER_TAG = "mlflow.user"
 STATUS_FOR_TRIAL = {"TERMINATED": "FINISHED", "ERROR": "FAILED", "KILLED": "KILLED"}
 MAX_PARAM_LEN = 6000
+# MLflow's experiment kind (values of its UI's ExperimentKind): classic training, not GenAI traces
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+DEFAULT_EXPERIMENT_ID = "0"
+UI_PORT = 5000  # `tunebudget ui` default
 
 
 def _local_user() -> str:
@@ -49,13 +60,104 @@ def resolve_uri(uri: Optional[str] = None) -> str:
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if chosen:
         return chosen
-    store = local_store()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+    return f"sqlite:///{local_store() / 'mlflow.db'}"  # the directory is made with the database (Tracker.client)
 
 
 def is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:`` URI in any spelling (``sqlite:///rel/x.db``,
+    ``sqlite:///./x.db``, ``sqlite:////abs/x.db``, ``sqlite+pysqlite:...``, a query string),
+    absolute as SQLite opens it from the current directory; None for in-memory or other URIs."""
+    if not uri.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:  # noqa: BLE001 - sqlalchemy.exc.ArgumentError and friends: not a URL we can place
+        return None
+    db = url.database or ""
+    if url.get_backend_name() != "sqlite" or not db or db == ":memory:" or "mode=memory" in str(url.query):
+        return None
+    if db.startswith("file:"):  # SQLite URI filename (?uri=true)
+        db = db.removeprefix("file:")
+    return Path(db).resolve()
+
+
+def artifact_root(uri: str) -> Optional[Path]:
+    """Where tunebudget puts a local sqlite store's artifacts: ``artifacts/`` next to the database
+    file. None for other stores: a file store keeps artifacts inside itself, a server or a
+    database server has its own artifact root."""
+    db = sqlite_file(uri)
+    return db.parent / "artifacts" if db is not None else None
+
+
+def ui_url(base: str, experiment_id: Optional[str] = None, run_id: Optional[str] = None) -> str:
+    """A link into the MLflow UI at ``base`` that opens on its Model training view.
+
+    MLflow 3's UI is a hash-routed single-page app (``#/experiments``, ``#/experiments/<id>/runs``,
+    ``#/experiments/<id>/runs/<run id>``) that starts a visitor in its GenAI view (traces, no runs)
+    and, in 3.17, decides the view from the ``workflowType`` URL parameter, else the visitor's last
+    choice; the experiment's kind tag does not override it. So every link carries the parameter.
+    """
+    if run_id:
+        route = f"experiments/{experiment_id}/runs/{run_id}"
+    elif experiment_id:
+        route = f"experiments/{experiment_id}/runs"
+    else:
+        route = "experiments"
+    return f"{base.rstrip('/')}/#/{route}?workflowType=machine_learning"
+
+
+def latest_sweep_link(base: str, timeout: float = 20.0) -> tuple[str, str]:
+    """``(what, link)``: the latest sweep's parent run on the MLflow server at ``base``, found
+    through its REST API (the sweep started last among the 100 most recently updated
+    experiments), else the experiments list. Never raises: a link is not worth an error."""
+    import json
+    import urllib.request
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    try:
+        exps = post("experiments/search", {"max_results": 100, "order_by": ["last_update_time DESC"]})
+        ids = [e["experiment_id"] for e in exps.get("experiments", [])]
+        runs = post("runs/search", {"experiment_ids": ids, "filter": "tags.tunebudget_role = 'sweep'",
+                                    "order_by": ["attributes.start_time DESC"], "max_results": 1}) if ids else {}
+        run = runs.get("runs", [None])[0]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        log.debug("cannot find the latest sweep on %s: %s", base, exc)
+        run = None
+    if run is None:
+        return "no sweep yet", ui_url(base)
+    info = run["info"]
+    tags = {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
+    return f"sweep {tags.get('sweep_name', info.get('run_name'))}", ui_url(base, info["experiment_id"], info["run_id"])
+
+
+def sweep_ui_line(parent_id: str, tracking_uri: Optional[str] = None) -> str:
+    """One line for after a sweep: the link to its parent run in the MLflow UI and how to open it.
+
+    Never raises (the sweep has finished; a link is not worth an error): without the run's
+    experiment it links to the experiments list."""
+    import shlex
+
+    uri = resolve_uri(tracking_uri)
+    try:
+        exp_id: Optional[str] = Tracker(uri).client.get_run(parent_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - any MLflow/store failure: fall back to the experiments list
+        exp_id = None
+    if uri.startswith(("http://", "https://")):
+        return f"See it in the MLflow UI: {ui_url(uri, exp_id, parent_id if exp_id else None)}"
+    flag = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
+    link = ui_url(f"http://127.0.0.1:{UI_PORT}", exp_id, parent_id if exp_id else None)
+    return f"See it in the MLflow UI: {link} (start the UI with: tunebudget ui{flag})"
 
 
 class Tracker:
@@ -67,18 +169,47 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." lines
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self.uri = resolve_uri(uri)
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """The MlflowClient, built on first use: building it creates (and migrates) a sqlite
+        database, which :meth:`check` must be able to refuse first."""
         from mlflow.tracking import MlflowClient
 
         # MLflow configures its loggers at import (INFO "Creating initial MLflow database tables...")
         if not logging.getLogger("tunebudget").isEnabledFor(logging.DEBUG):
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        db = sqlite_file(self.uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.uri)
 
     # ---- connection -------------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise a TuneBudgetError (one line) when the store cannot be reached or refuses us."""
+    def check(self, create: bool = True) -> None:
+        """Raise a TuneBudgetError (one line) when the store cannot be reached or refuses us.
+
+        A sqlite store is checked on disk first, without MLflow (whose retries on a database it
+        cannot write take minutes): a missing database is not created here (it is made when the
+        first run is logged, so a preflight that fails later leaves nothing behind) and, with
+        ``create=False`` (export, report), is an error.
+        """
+        db = sqlite_file(self.uri)
+        if db is not None:
+            from tunebudget.util import check_writable_dir
+
+            flag = f"--tracking-uri {self.uri}"
+            if not db.exists():
+                if not create:
+                    raise TuneBudgetError(f"{flag}: no tracking store at {db}; run a sweep first, or point "
+                                          "--tracking-uri (or MLFLOW_TRACKING_URI) at the store that holds it")
+                check_writable_dir(db.parent, flag)
+                return
+            check_writable_dir(db.parent, flag)  # sqlite writes a journal next to the database
+            if not os.access(db, os.R_OK | os.W_OK):
+                raise TuneBudgetError(f"{flag}: cannot write to {db} (permission denied or a read-only file "
+                                      "system); give a store you can write to")
         retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # an unreachable server fails now, not in minutes
         try:
@@ -119,18 +250,70 @@ class Tracker:
 
     # ---- experiments and runs ---------------------------------------------------------------
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
+        """The id of experiment ``name`` (restored if deleted). With ``create``: made if missing, as
+        a model-training experiment with its artifacts next to a local store; one it reuses gets
+        the kind tag if it lacks it (readers such as export pass create=False and write no tag)."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if not create:
+                return exp.experiment_id
+            if exp.experiment_id == DEFAULT_EXPERIMENT_ID:
+                self.settle_default_experiment(exp)
+            if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+                self._tag_kind(exp.experiment_id)
             return exp.experiment_id
         if not create:
             return None
-        location = None
-        if is_local(self.uri):
-            location = (local_store() / "artifacts" / name).resolve().as_uri() if self.uri.startswith(
-                f"sqlite:///{local_store()}") else None
-        return self.client.create_experiment(name, artifact_location=location)
+        location = self._artifact_location(name)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+
+    def _artifact_location(self, name: str) -> Optional[str]:
+        root = artifact_root(self.uri)
+        if root is None:
+            return None
+        folder = re.sub(r"[/\\]", "_", name)
+        folder = "_" + folder if folder in {"", ".", ".."} else folder
+        return (root / folder).as_uri()
+
+    def _tag_kind(self, experiment_id: str) -> None:
+        try:
+            self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        except Exception as exc:  # noqa: BLE001 - a label for the UI: not worth failing a sweep over
+            log.debug("cannot tag experiment %s as model training: %s", experiment_id, exc)
+
+    def settle_default_experiment(self, exp: Any = None) -> None:
+        """Point an empty Default experiment of a local sqlite store next to the store.
+
+        MLflow creates experiment 0 with the artifact location ``<cwd>/mlruns/0`` (the current
+        directory of whichever process first opened the database) and has no API to move it;
+        while it holds no run, rewriting its row loses nothing."""
+        target = self._artifact_location("Default")
+        if target is None:
+            return
+        exp = exp or self.client.get_experiment(DEFAULT_EXPERIMENT_ID)
+        where = exp.artifact_location or ""
+        remote = where.startswith("dbfs:") or ("://" in where and not where.startswith("file:"))
+        if where.rstrip("/") == target.rstrip("/") or remote:  # someone chose s3://..., keep it
+            return
+        from mlflow.entities import ViewType
+
+        if self.client.search_runs([DEFAULT_EXPERIMENT_ID], run_view_type=ViewType.ALL, max_results=1):
+            return
+        import sqlalchemy
+        import sqlalchemy.orm
+        from mlflow.store.tracking.dbmodels.models import SqlExperiment
+
+        engine = sqlalchemy.create_engine(self.uri)
+        try:
+            with sqlalchemy.orm.Session(engine) as session, session.begin():
+                session.query(SqlExperiment).filter(
+                    SqlExperiment.experiment_id == int(DEFAULT_EXPERIMENT_ID)).update(
+                    {SqlExperiment.artifact_location: target})
+        finally:
+            engine.dispose()
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
                   params: Optional[dict[str, Any]] = None, parent_id: Optional[str] = None) -> str:
@@ -167,9 +350,6 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
-
     def log_file(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
@@ -188,22 +368,22 @@ class Tracker:
     def children(self, experiment_id: str, parent_id: str) -> list[Any]:
         return self.runs(experiment_id, f"tags.`{PARENT_ID_TAG}` = '{parent_id}'")
 
-    def find_parent(self, ref: str) -> Any:
+    def find_parent(self, ref: str, command: str = "export") -> Any:
         """A sweep's parent run from an experiment name (its latest sweep) or a run id."""
         exp_id = self.experiment_id(ref, create=False)
         if exp_id is not None:
             parents = self.runs(exp_id, "tags.tunebudget_role = 'sweep'", max_results=1000)
             if not parents:
-                raise TuneBudgetError(f"export {ref}: experiment {ref!r} holds no tunebudget sweep; "
+                raise TuneBudgetError(f"{command} {ref}: experiment {ref!r} holds no tunebudget sweep; "
                                       "run 'tunebudget sweep' first or give a parent run id")
             return max(parents, key=lambda r: r.info.start_time)
         try:
             run = self.client.get_run(ref)
         except Exception:  # noqa: BLE001 - MlflowException for unknown ids, varies by store
-            raise TuneBudgetError(f"export {ref}: no experiment or run of that name or id in {self.uri}; "
+            raise TuneBudgetError(f"{command} {ref}: no experiment or run of that name or id in {self.uri}; "
                                   "list experiments in 'tunebudget ui' or check --tracking-uri") from None
         if run.data.tags.get("tunebudget_role") != "sweep":
-            raise TuneBudgetError(f"export {ref}: run {ref} is not a tunebudget sweep's parent run")
+            raise TuneBudgetError(f"{command} {ref}: run {ref} is not a tunebudget sweep's parent run")
         return run
 
     def download_text(self, run_id: str, name: str) -> str:

@@ -68,6 +68,16 @@ SPACE_ERRORS = [
     (lambda d: d["baselines"].append({"name": "x", "set": {"selection.ratio": 2}}), "selection.ratio"),
     (lambda d: d.__setitem__("search", ["training.lr"]), "search"),
     (lambda d: d["task"].__setitem__("dataset", "imagenet"), "task.dataset"),
+    (lambda d: d["search"]["selection.ratio"]["when"].__setitem__("selection.strategy", ["topk", "rs22"]),
+     "'rs22' is not one of search.selection.strategy's choices"),
+    (lambda d: d["search"]["selection.ratio"].__setitem__("when", {"seed": [7]}),
+     "would never be sampled"),  # seed is not searched and is 0 in the base policy
+    (lambda d: d["search"]["selection.ratio"].__setitem__("when", {"training.lr": [5.0]}),
+     "no listed value is inside"),
+    (lambda d: d["budget"].__setitem__("seconds", float("inf")), "budget.seconds"),
+    (lambda d: d["sweep"].__setitem__("metric", "val_acc"), "never reports 'val_acc'"),
+    (lambda d: d["sweep"].__setitem__("metric", "val_mse"), "sweep.metric"),  # a classification task
+    (lambda d: d["sweep"].__setitem__("metric", "test_accuracy"), "test split is never optimised"),
 ]
 
 
@@ -82,11 +92,29 @@ def test_bad_search_spaces_are_named(cli, tmp_path, monkeypatch, mutate, fragmen
     (["--trials", "0"], "--trials"), (["--budget", "0"], "--budget"), (["--concurrency", "0"], "--concurrency"),
     (["--confirm-seeds", "-1"], "--confirm-seeds"), (["--cpus-per-trial", "0"], "--cpus-per-trial"),
     (["--resume"], "--resume"), (["--address", "nonsense"], "--address"),
+    (["--budget", "inf"], "--budget"), (["--budget", "nan"], "--budget"),
+    (["--name", "../../x"], "--name '../../x'"), (["--name", "a b"], "--name 'a b'"), (["--name", "a/b"], "--name"),
+    (["--experiment", ""], "--experiment: empty"), (["--experiment", "  "], "--experiment: empty"),
+    (["--optuna-storage", "bogus://x"], "--optuna-storage bogus://x: no SQLAlchemy driver"),
+    (["--optuna-storage", "not a url"], "--optuna-storage not a url: not a database URL"),
+    (["--optuna-storage", "postgresql://u:p@127.0.0.1:9/db"], "cannot connect"),
 ])
 def test_bad_sweep_flags(cli, tmp_path, monkeypatch, flags, fragment):
     monkeypatch.chdir(tmp_path)
     proc = cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), *flags)
     assert_clean_failure(proc, tmp_path, fragment)
+
+
+@pytest.mark.parametrize("flag", ["--storage-path", "--optuna-storage"])
+def test_unwritable_storage_is_one_line(cli, tmp_path, monkeypatch, flag):
+    """A path under a regular file cannot be written even by root (the tests run as root here)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    where = tmp_path / "a_file" / "sub" / "x"
+    value = str(where) if flag == "--storage-path" else f"sqlite:///{where}/optuna.db"
+    proc = cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), flag, value)
+    assert_clean_failure(proc, tmp_path, f"{flag} {value}: cannot write")
+    assert not (tmp_path / "mlflow").exists()  # checked before the tracking store is touched
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
@@ -179,3 +207,50 @@ def test_arbitrary_text_files_never_traceback(tmp_path, text):
         load_space(path)
     except TuneBudgetError:
         pass
+
+
+def test_a_budget_too_small_to_train_is_refused(tmp_path):
+    """Trials that train under MIN_STEPS steps measure the initialisation: no 'best policy' from them."""
+    proc = run_cli("train", str(ROOT / "search_spaces/digits_mlp.yaml"), "--budget", "0.0001", "--quiet",
+                   "--json", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optimizer step" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r.json").exists()
+
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--budget", "0.0001", "--trials", "1",
+                   "--confirm-seeds", "0", "--name", "tiny", "--quiet", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "every trial was too short" in proc.stderr, proc.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    parents = client.search_runs([client.get_experiment_by_name("digits_mlp").experiment_id],
+                                 "tags.tunebudget_role = 'sweep'")
+    assert [p.info.status for p in parents] == ["FAILED"]  # not left RUNNING
+    again = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--resume", "--name", "tiny",
+                    cwd=tmp_path)
+    assert again.returncode == 2 and "that sweep failed" in again.stderr
+    export = run_cli("export", "digits_mlp", cwd=tmp_path)
+    assert export.returncode == 2 and "failed (every trial trained under" in export.stderr, export.stderr
+
+
+def test_a_tracking_store_that_cannot_be_written_is_one_line_and_fast(tmp_path):
+    """MLflow retries a sqlite store it cannot create for minutes; the check on disk answers at once."""
+    (tmp_path / "a_file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--tracking-uri", uri, cwd=tmp_path,
+                   timeout=60)
+    assert_clean_failure(proc, tmp_path, f"--tracking-uri {uri}: cannot write", "part of the path is a file")
+    for command in (("export", "digits_mlp"), ("report", "digits_mlp")):
+        proc = run_cli(*command, "--tracking-uri", uri, cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_preflight_failures_leave_no_tracking_store(tmp_path):
+    """The default store is created when the first run is logged, not by a preflight that fails."""
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--address", "127.0.0.1:9",
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert not (tmp_path / "mlflow").exists() and not (tmp_path / "ray_results").exists()
+    proc = run_cli("export", "digits_mlp", cwd=tmp_path)
+    assert proc.returncode == 2 and "no tracking store at" in proc.stderr
+    assert not (tmp_path / "mlflow").exists()

@@ -10,6 +10,8 @@ from tunebudget.trainer import BudgetTrainer
 
 from conftest import ROOT, run_cli, tiny_policy
 
+#: ``-m gpu`` selects these tests; without CUDA they skip.
+pytestmark = [pytest.mark.gpu]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

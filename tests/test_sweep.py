@@ -68,8 +68,14 @@ def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
     assert len(search) == 4 + 2  # trials + baselines
     assert len({r.data.tags["trial_id"] for r in children}) == len(children)  # no duplicates
     assert {r.data.tags.get("baseline") for r in search} >= {"full_linear", "rs2_half"}
-    # confirmation: top-1 and the two baselines (+ RS2 at the winner's ratio when it selects) x 2 seeds
-    assert len(confirm) in (6, 8)
+    # confirmation: top-1 and the two baselines, plus RS2 at the winner's ratio exactly when the winner
+    # selects a fraction by score (not full data, not RS2 itself), x 2 seeds
+    top1 = [r for r in confirm if r.data.tags["candidate"] == "top1"]
+    assert len(top1) == 2
+    selects = float(top1[0].data.params["selection.ratio"]) < 1 and \
+        top1[0].data.params["selection.strategy"] != "rs2"
+    assert len(confirm) == 2 * (3 + selects)
+    assert sum(r.data.tags["candidate"] == "rs2_at_best_ratio" for r in confirm) == 2 * selects
     assert all(r.data.tags.get("confirm") == "true" for r in confirm)
     for r in children:
         assert r.info.status == "FINISHED"
@@ -119,10 +125,14 @@ def test_export_then_train_replays_the_best_policy(finished_sweep):
     assert proc.returncode == 0, proc.stderr
     policy = yaml.safe_load(out.read_text())
     assert policy["name"] == "digits_mlp-best" and policy["budget"]["samples"] == 4000
+    assert policy["training"]["threads"] == 1  # what the trials ran with (--cpus-per-trial 0.5: one thread)
     result = tmp / "replay.json"
     proc = run_cli("train", str(out), "--json", str(result), "--quiet", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(result.read_text())["test"]["accuracy"] > 0.8
+    replay = json.loads(result.read_text())
+    assert replay["test"]["accuracy"] > 0.8 and replay["threads"] == 1
+    proc = run_cli("train", str(out), "--json", str(result), "--quiet", "--threads", "2", cwd=tmp)
+    assert proc.returncode == 0 and json.loads(result.read_text())["threads"] == 2
 
 
 def test_report_writes_plots_and_summary(finished_sweep):
@@ -139,6 +149,29 @@ def test_export_of_an_unknown_experiment_exits_2(finished_sweep):
     proc = run_cli("export", "no_such_experiment", "-o", str(tmp / "x.yaml"), cwd=tmp)
     assert proc.returncode == 2 and "no_such_experiment" in proc.stderr
     assert not (tmp / "x.yaml").exists()
+
+
+def test_outputs_that_cannot_be_written_and_finished_resumes_are_one_line(finished_sweep):
+    tmp, _ = finished_sweep
+    (tmp / "a_file").write_text("")
+    under_a_file = tmp / "a_file" / "x"
+    cases = [
+        (("report", "digits_mlp", "-o", str(tmp / "a_file")), "report -o", "is a file"),
+        (("report", "no_such_sweep"), "report no_such_sweep:", "no experiment"),
+        (("export", "digits_mlp", "-o", str(under_a_file / "p.yaml")), "export -o", "cannot write"),
+        (("train", str(ROOT / "search_spaces/digits_mlp.yaml"), "--json", str(under_a_file / "r.json")),
+         "--json", "cannot write"),
+    ]
+    _, runs = runs_of(tmp)
+    name = next(r.data.tags["sweep_name"] for r in runs if r.data.tags.get("tunebudget_role") == "sweep")
+    cases.append((("sweep", str(tmp / "space.yaml"), "--resume", "--name", name), "--resume --name", "has finished"))
+    for args, start, fragment in cases:
+        proc = run_cli(*args, cwd=tmp)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert proc.stderr.startswith(f"tunebudget: error: {start}") and proc.stderr.count("\n") == 1, proc.stderr
+        assert fragment in proc.stderr, proc.stderr
+    _, after = runs_of(tmp)
+    assert len(after) == len(runs)  # nothing re-run or re-logged
 
 
 def _wait_for_finished_children(tmp: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -175,6 +208,19 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
     finished_before = {r.data.tags["trial_id"]: r.info.run_id for r in before
                        if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
     assert 2 <= len(finished_before) < 8
+
+    # a resume that would silently change the sweep is refused, in one line, before anything runs
+    changed = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--trials", "50", cwd=tmp_path)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr[-2000:]
+    assert "--trials 50 differs" in changed.stderr
+    original = space.read_text()
+    edited = yaml.safe_load(original)
+    edited["search"]["training.lr"]["high"] = 2.0
+    space.write_text(yaml.safe_dump(edited, sort_keys=False))
+    changed = run_cli("sweep", str(space), "--resume", "--name", "resumable", cwd=tmp_path)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr[-2000:]
+    assert "search.training.lr.high changed" in changed.stderr
+    space.write_text(original + "# a comment changes nothing the sweep reads\n")
 
     again = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -138,11 +138,6 @@ class BudgetClock:
     def exhausted(self) -> bool:
         return self.progress() >= 1.0
 
-    @property
-    def limit(self) -> str:
-        """Which limit this clock enforces: ``"seconds"`` or ``"samples"``."""
-        return self.spec.kind
-
     # ---- timed regions ------------------------------------------------------------------
     @contextmanager
     def paused(self) -> Iterator[None]:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,17 +30,24 @@ def quiet_libraries(verbose: bool) -> None:
     # Tune prints trial-error blocks itself; the sweep reports failures (and MLflow keeps the traceback)
     logging.getLogger("ray.tune").setLevel(logging.INFO if verbose else logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not verbose:  # Optuna's experimental/user warnings (e.g. on a restored study) are not the user's to act on
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"optuna(\.|$)")
+        warnings.filterwarnings("ignore", module=r"ray\.tune\.search\.optuna")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["training.lr=0.1", ...]`` → ``{"training.lr": 0.1}`` (values parsed as YAML scalars)."""
+    from tunebudget.policy import load_yaml_text
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise TuneBudgetError(f"--set {item!r}: expected section.key=value, e.g. --set training.lr=0.1")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = load_yaml_text(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise TuneBudgetError(f"--set {item!r}: the value is not valid YAML; quote it") from None
     return out
@@ -54,20 +62,29 @@ def _train_policy(args: argparse.Namespace):
         overrides.update({"budget.seconds": args.budget, "budget.samples": None})
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.threads is not None:
+        overrides["training.threads"] = args.threads
     return policy.with_overrides(overrides, source="--set/--budget/--seed") if overrides else policy
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     policy = _train_policy(args)
-    if args.json and Path(args.json).is_dir():
-        raise TuneBudgetError(f"--json {args.json}: is a directory; give a file path such as result.json")
+    from tunebudget.util import check_writable_dir, write_output
+
+    if args.json:  # checked before training: a result that cannot be written is lost
+        if Path(args.json).is_dir():
+            raise TuneBudgetError(f"--json {args.json}: is a directory; give a file path such as result.json")
+        check_writable_dir(Path(args.json).resolve().parent, f"--json {args.json}")
     from tunebudget.progress import train_with_progress
-    from tunebudget.util import atomic_write_text
 
     result = train_with_progress(policy, device=args.device, quiet=args.quiet)
+    if result.too_short:
+        from tunebudget.trainer import too_short_message
+
+        raise TuneBudgetError(too_short_message(policy.budget, result.stats["steps"], result.stats["train_seconds"]))
     summary = result.summary()
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps(summary, indent=2, default=str))
+        write_output(args.json, json.dumps(summary, indent=2, default=str), "--json")
     from tunebudget.progress import print_summary
 
     print_summary(summary)
@@ -91,14 +108,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcome = run_sweep(space, opts)
     except SweepInterrupted as exc:
         print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
-              f"tunebudget sweep {args.space} --resume --name {exc}", file=sys.stderr)
+              f"tunebudget sweep {shlex.quote(args.space)} --resume --name {exc}", file=sys.stderr)
         return 130
     # plain print: markdown tables and YAML must not be re-wrapped to the terminal width
     print(outcome.summary_md)
     print(f"Best policy (parent run {outcome.parent_id}, experiment {outcome.experiment}):\n")
     print(outcome.best_policy.to_yaml())
     print(f"Verdict: {outcome.verdict.text}")
-    print(f"Export it with: tunebudget export {outcome.experiment} -o best_policy.yaml")
+    store = f" --tracking-uri {shlex.quote(args.tracking_uri)}" if args.tracking_uri else ""
+    print(f"Export it with: tunebudget export {shlex.quote(outcome.experiment)} -o best_policy.yaml{store}")
+    from tunebudget.tracking import sweep_ui_line
+    print(sweep_ui_line(outcome.parent_id, args.tracking_uri))
     return 0
 
 
@@ -138,11 +158,11 @@ def _add_sweep_commands(sub: Any) -> None:
     p.add_argument("--address", help="join this Ray cluster (host:port); default: a local Ray, or $RAY_ADDRESS")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the space's name)")
-    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: none)")
-    p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: tpe)")
-    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (default 3)")
-    p.add_argument("--confirm-top", type=int, help="searched policies re-run in the confirmation stage (default 3)")
-    p.add_argument("--max-failures", type=int, help="retries of a trial whose worker fails (default 1)")
+    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: the file's sweep.scheduler, else none)")
+    p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: the file's sweep.sampler, else tpe)")
+    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (default: the file's sweep.confirm_seeds, else 3)")
+    p.add_argument("--confirm-top", type=int, help="searched policies re-run in the confirmation stage (default: the file's sweep.confirm_top, else 3)")
+    p.add_argument("--max-failures", type=int, help="retries of a trial whose worker fails (default: the file's sweep.max_failures, else 1)")
     p.add_argument("--resume", action="store_true", help="continue this space's latest interrupted sweep (or --name)")
     p.add_argument("--name", help="sweep name (Ray experiment directory and Optuna study); default: space-timestamp")
     p.add_argument("--seed", type=int, help="seed of the sampler and of the base policy")
@@ -158,8 +178,10 @@ def _add_sweep_commands(sub: Any) -> None:
     p.add_argument("--allow-partial", action="store_true", help="export the best finished trial of an unfinished sweep")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ui", help="serve the MLflow UI on the local tracking store")
-    p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("ui", help="serve the MLflow UI on the local tracking store",
+                       description="Serve the MLflow UI on a tracking store and print a link to the latest "
+                                   "sweep's parent run in its Model training view.")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--tracking-uri", help="store to serve (default: ./mlflow)")
     p.set_defaults(func=cmd_ui)
@@ -187,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a policy field, e.g. --set selection.ratio=0.5 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default: auto)")
     p.add_argument("--seed", type=int, help="random seed (overrides the file)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the policy's training.threads, which an "
+                   "exported sweep winner sets to its trials' threads; else torch's default)")
     p.add_argument("--json", metavar="OUT", help="write the summary (status, timings, test metrics, policy) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -2,19 +2,19 @@
 
 Ray Tune writes every trial's results and checkpoints to the sweep's ``--storage-path`` from the
 node the trial runs on, and the driver reads them back. On a cluster of more than one node a local
-path therefore has to be the *same* storage on every node (NFS, a shared mount), or a URI such as
-``s3://bucket/prefix``. ``check_shared_storage`` proves it before the sweep starts: the driver writes
+path therefore has to be the *same* storage on every node (NFS, a shared mount): the sweep keeps
+its own state file there with local file operations, so URIs (``s3://``) are refused by the sweep's
+plan and never suggested here. ``check_shared_storage`` proves it before the sweep starts: the driver writes
 a marker file and a tiny task pinned to each alive node looks for it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from tunebudget.errors import TuneBudgetError
 
@@ -22,17 +22,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for every node's probe (a node may first have to start a worker process).
 PROBE_TIMEOUT = 60.0
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def local_path(storage_path: str) -> Optional[Path]:
-    """The local directory a storage path names, or None for a remote URI (s3://, gs://, ...)."""
-    text = str(storage_path)
-    if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    if _URI.match(text):
-        return None
-    return Path(text).expanduser().resolve()
 
 
 def alive_nodes() -> list[dict[str, Any]]:
@@ -71,8 +60,7 @@ def _remove_empty(dirs: list[Path]) -> None:
 def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Raise TuneBudgetError when a local ``storage_path`` is not the same storage on every node.
 
-    Nothing to check on a one-node cluster or for a URI (``s3://``, ``gs://``: Tune reaches it from
-    every node by itself). Otherwise the driver writes a marker with a random token under
+    Nothing to check on a one-node cluster. Otherwise the driver writes a marker with a random token under
     ``storage_path`` and a zero-CPU task pinned to each alive node reads it back; the marker, and any
     directory the check had to create, are removed afterwards (preflight leaves nothing behind). A
     node that does not answer within ``timeout`` seconds is only warned about: it may be busy or
@@ -83,9 +71,7 @@ def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> N
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    path = local_path(storage_path)
-    if path is None:
-        return
+    path = Path(storage_path).expanduser().resolve()
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
@@ -98,7 +84,7 @@ def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> N
     except OSError as exc:
         _remove_empty(created)
         raise TuneBudgetError(f"--storage-path {storage_path}: cannot write there ({exc.strerror or exc}); "
-                              "give a writable directory on shared storage, or an s3:// URI") from None
+                              "give a writable directory on storage every node mounts") from None
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     try:
         refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
@@ -124,5 +110,5 @@ def check_shared_storage(storage_path: str, timeout: float = PROBE_TIMEOUT) -> N
     if blind:
         raise TuneBudgetError(
             f"--storage-path {storage_path}: not visible from node(s) {', '.join(node_label(n) for n in blind)} "
-            "(multi-node sweeps need shared storage: NFS or s3://...); mount the same directory at the same path "
-            "on every node, or pass --storage-path s3://bucket/prefix")
+            "(multi-node sweeps need shared storage such as NFS); mount the same directory at the same path "
+            "on every node and pass it as --storage-path")

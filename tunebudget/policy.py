@@ -14,11 +14,13 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from tunebudget.errors import TuneBudgetError, field_path
 from tunebudget.registry import SCORERS, STRATEGIES
@@ -26,7 +28,8 @@ from tunebudget.schedules import SCHEDULES
 
 SCHEMA_VERSION = 1
 
-#: Data sets tunebudget knows, with the kind of task each one is.
+#: Data sets tunebudget knows, with the kind of task each one is; any ``package.module:factory``
+#: returning your own data is accepted too (see tunebudget.data.user_data).
 DATASETS: dict[str, str] = {
     "fashion_mnist": "classification",
     "digits": "classification",
@@ -45,13 +48,16 @@ SPACE_SECTIONS = ("search", "sweep", "baselines")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskSpec(_Section):
     """What to train: data set, model and how the data is prepared."""
 
     dataset: str = "fashion_mnist"
+    #: classification or regression. Set it only for your own data set (``package.module:factory``;
+    #: default classification): a built-in data set has its own kind.
+    kind: Literal["classification", "regression"] | None = Field(default=None, validate_default=True)
     model: str = "cnn"
     #: Directory holding the data set's files (default: TUNEBUDGET_DATA, then the Debian location).
     root: Optional[str] = None
@@ -77,11 +83,31 @@ class TaskSpec(_Section):
     #: repeated a geometric number of times with mean ``duplicates`` (its size stays about the same).
     duplicates: float = Field(default=1.0, ge=1, le=100)
 
+    @field_validator("kind")
+    @classmethod
+    def _resolve_kind(cls, value: str | None, info: Any) -> str:
+        """The task's kind: a built-in data set's own, else the one given (default classification)."""
+        dataset = info.data.get("dataset")
+        own = DATASETS.get(dataset) if isinstance(dataset, str) else None
+        if own is not None and value not in (None, own):
+            raise ValueError(f"task.kind: {dataset} is a {own} data set; remove task.kind "
+                             "(it is for your own data set, task.dataset: package.module:factory)")
+        return value or own or "classification"
+
+    @model_serializer(mode="wrap")
+    def _omit_own_kind(self, handler: Any) -> dict[str, Any]:
+        """``kind`` is written only where the data set does not imply it (regression on your own data)."""
+        data = handler(self)
+        if data.get("kind") == DATASETS.get(self.dataset, "classification"):
+            data.pop("kind")
+        return data
+
     @model_validator(mode="after")
     def _known_names(self) -> "TaskSpec":
-        if self.dataset not in DATASETS:
+        if self.dataset not in DATASETS and not is_factory_spec(self.dataset):
             raise ValueError(
-                f"task.dataset: unknown data set {self.dataset!r}; use one of {', '.join(DATASETS)}"
+                f"task.dataset: unknown data set {self.dataset!r}; use one of {', '.join(DATASETS)} "
+                "or 'package.module:factory' (your own data)"
             )
         if self.model not in MODELS and ":" not in self.model:
             raise ValueError(
@@ -103,8 +129,15 @@ class TaskSpec(_Section):
         return {k: getattr(self, k) for k in REGIME_FIELDS if getattr(self, k) != TaskSpec.model_fields[k].default}
 
     @property
-    def kind(self) -> str:
-        return DATASETS[self.dataset]
+    def user_data(self) -> bool:
+        """True when the data set is the user's own ``package.module:factory``."""
+        return self.dataset not in DATASETS
+
+
+def is_factory_spec(text: str) -> bool:
+    """``package.module:factory``: dotted identifiers, a colon, an identifier."""
+    module, sep, attr = text.partition(":")
+    return bool(sep) and attr.isidentifier() and all(p.isidentifier() for p in module.split("."))
 
 
 class BudgetSpec(_Section):
@@ -153,6 +186,9 @@ class TrainingSpec(_Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     #: torch.compile the model; compile time is spent before the clock starts.
     compile: bool = False
+    #: torch CPU threads (null: torch's default). A sweep's exported policy records the threads its
+    #: trials ran with, so that replaying it measures what the sweep measured.
+    threads: Optional[int] = Field(default=None, ge=1, le=1024)
 
     @field_validator("schedule")
     @classmethod
@@ -288,6 +324,11 @@ class BudgetPolicy(_Section):
                 f"{self.task.dataset!r} is a regression task; use one of "
                 + ", ".join(e.name for e in SCORERS if not e.needs_classes)
             )
+        if self.budget.samples is not None and self.budget.samples < self.training.batch_size:
+            raise ValueError(
+                f"budget.samples: {self.budget.samples:g} is less than one batch "
+                f"(training.batch_size {self.training.batch_size}); give at least a few batches"
+            )
         return self
 
     # ---- conversions -------------------------------------------------------------------
@@ -387,13 +428,48 @@ def policy_from_dict(data: Any, source: str = "policy") -> BudgetPolicy:
         raise TuneBudgetError(f"{source}: {_describe(first, _section_keys())}{more}") from None
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats (``1e-3`` is a number, not a string) and no
+    duplicate keys (YAML forbids them; PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}; keep one of them", mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.2's float: the exponent needs no dot ("1e-3") and its sign is optional
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader` (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: safe
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML mapping with safe_load, turning every failure into a TuneBudgetError."""
+    """Read a YAML mapping, turning every failure into a one-line TuneBudgetError."""
     p = Path(path)
+    if p.is_dir():
+        raise TuneBudgetError(f"{p}: is a directory; give the path of a policy or search-space YAML file")
     if not p.is_file():
         raise TuneBudgetError(f"{p}: no such file; give the path of a policy or search-space YAML file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -401,8 +477,10 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TuneBudgetError(f"{p}: malformed YAML{where}: {problem}; fix the YAML syntax") from None
     except UnicodeDecodeError:
         raise TuneBudgetError(f"{p}: not a text file; give a YAML file") from None
+    except OSError as exc:
+        raise TuneBudgetError(f"{p}: cannot be read ({exc.strerror}); check its permissions") from None
     if data is None:
-        data = {}
+        raise TuneBudgetError(f"{p}: the file is empty; write a policy mapping (e.g. 'budget: {{seconds: 60}}')")
     if not isinstance(data, dict):
         raise TuneBudgetError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,7 +17,7 @@ out_console = Console()
 
 def train_with_progress(policy: BudgetPolicy, device: str = "auto", quiet: bool = False):
     """Run a BudgetTrainer with a live bar of budget spent and the latest validation metric."""
-    from tunebudget.trainer import BudgetTrainer, primary_metric
+    from tunebudget.trainer import BudgetTrainer
 
     if quiet or not err_console.is_terminal and not err_console.is_jupyter:
         # not a terminal: log one line per validation instead of redrawing a bar
@@ -75,6 +76,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     out_console.print(table)
 
 
+@contextmanager
+def starting(text: str, quiet: bool = False) -> Iterator[None]:
+    """A transient spinner with ``text`` on a terminal (nothing elsewhere, or when quiet)."""
+    if quiet or not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(text):
+        yield
+
+
 class SweepProgress:
     """Live sweep status on stderr: trials done / running / failed and the best value so far.
 
@@ -86,34 +97,39 @@ class SweepProgress:
         self.stage, self.total, self.metric, self.mode, self.quiet = stage, total, metric, mode, quiet
         self.best: float | None = None
         self._last = ""
-        self._printed = (0, 0)
+        self._printed = (0, 0, 0)
         self._status = None
         if not quiet and err_console.is_terminal:
             self._status = err_console.status(f"{stage}: starting Ray trials…")
             self._status.start()
 
     def update(self, trials: list[Any], result: dict[str, Any] | None = None) -> None:
-        counts = {"TERMINATED": 0, "RUNNING": 0, "ERROR": 0, "PENDING": 0}
+        counts = {"done": 0, "stopped": 0, "RUNNING": 0, "ERROR": 0}
         for t in trials:
-            counts[t.status] = counts.get(t.status, 0) + 1
-            value = (t.last_result or {}).get(self.metric) if t.status == "TERMINATED" else None
+            finished = t.status == "TERMINATED" and (t.last_result or {}).get("finished")
+            # TERMINATED without the final report: early-stopped, or killed by an interrupt
+            key = ("done" if finished else "stopped") if t.status == "TERMINATED" else t.status
+            counts[key] = counts.get(key, 0) + 1
+            value = (t.last_result or {}).get(self.metric) if finished else None
             if isinstance(value, (int, float)) and (self.best is None or (
                     value > self.best if self.mode == "max" else value < self.best)):
                 self.best = float(value)
         best = f"{self.best:.4f}" if self.best is not None else "—"
-        line = (f"{self.stage}: {counts['TERMINATED']}/{self.total} done, {counts['RUNNING']} running, "
-                f"{counts['ERROR']} failed; best {self.metric} {best}")
+        stopped = f", {counts['stopped']} stopped" if counts["stopped"] else ""
+        line = (f"{self.stage}: {counts['done']}/{self.total} done, {counts['RUNNING']} running, "
+                f"{counts['ERROR']} failed{stopped}; best {self.metric} {best}")
         if self.quiet or line == self._last:
             return
+        ended = (counts["done"], counts["stopped"], counts["ERROR"])
         if self._status is not None:
             self._status.update(line)
-        elif (counts["TERMINATED"], counts["ERROR"]) != self._printed:  # a trial ended
-            err_console.print(line, highlight=False)
-            self._printed = (counts["TERMINATED"], counts["ERROR"])
+        elif ended != self._printed:  # a trial ended; one line each, never wrapped (logs are grepped)
+            err_console.print(line, highlight=False, soft_wrap=True)
+            self._printed = ended
         self._last = line
 
     def close(self) -> None:
         if self._status is not None:
             self._status.stop()
-            err_console.print(self._last, highlight=False)
+            err_console.print(self._last, highlight=False, soft_wrap=True)
             self._status = None

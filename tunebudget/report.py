@@ -80,7 +80,8 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
     how = "beats" if beats else "does not beat"
     text = (f"{best.name!r} {how} the best baseline {best_base.name!r} beyond the seed noise: "
             f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f} "
-            f"({'+' if diff >= 0 else ''}{diff:.4f}, Welch one-sided p = {p:.3f}, "
+            f"({best.mean - best_base.mean:+.4f}, {'higher' if mode == 'max' else 'lower'} is better; "
+            f"Welch one-sided p = {p:.3f}, "
             f"{len(best.values)} vs {len(best_base.values)} seeds).")
     if not enough:
         text += " Too few seeds to judge: use --confirm-seeds 3 or more."

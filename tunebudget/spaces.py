@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -39,7 +39,7 @@ CHECK_DRAWS = 200
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ParamSpec(_Strict):
@@ -78,12 +78,22 @@ class ParamSpec(_Strict):
         return self
 
 
+#: What a trial reports at every validation, by task kind, with the direction that is better: a
+#: sweep optimises one of these, and its mode defaults to that direction. Test-split metrics are
+#: reported too but never optimised (choosing a policy on the test split would leak it).
+_EVERY_KIND = {"val_loss": "min", "train_loss": "min", "throughput": "max"}
+METRICS: dict[str, dict[str, str]] = {
+    "classification": {"val_accuracy": "max", **_EVERY_KIND},
+    "regression": {"val_mse": "min", **_EVERY_KIND},
+}
+
+
 class SweepSpec(_Strict):
     """How a sweep runs (every field can be overridden on the command line)."""
 
     trials: int = Field(default=16, ge=1, le=100_000)
     concurrency: int = Field(default=2, ge=1, le=10_000)
-    #: Validation metric to optimise; default val_accuracy (max) or val_mse (min) by task kind.
+    #: Metric to optimise (one of METRICS for the task kind); default val_accuracy or val_mse.
     metric: Optional[str] = None
     mode: Optional[Literal["max", "min"]] = None
     sampler: Literal["tpe", "gp", "random"] = "tpe"
@@ -120,18 +130,22 @@ class SearchSpace:
     sweep: SweepSpec
     baselines: list[BaselineSpec]
     file_hash: str
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.base.name
 
     def metric(self) -> tuple[str, str]:
-        """The metric to optimise and its mode."""
-        default = ("val_accuracy", "max") if self.base.task.kind == "classification" else ("val_mse", "min")
-        metric = self.sweep.metric or default[0]
-        mode = self.sweep.mode or (default[1] if metric == default[0] else "max")
-        return metric, mode
+        """The metric to optimise and its mode (the metric's better direction unless set)."""
+        kind = self.base.task.kind
+        metric = self.sweep.metric or ("val_accuracy" if kind == "classification" else "val_mse")
+        known = METRICS[kind]
+        if metric not in known:
+            hint = "; the test split is never optimised" if metric.startswith("test_") else ""
+            raise TuneBudgetError(
+                f"{self.path}: sweep.metric: a {kind} trial never reports {metric!r}{hint}; "
+                f"use one of {', '.join(known)}")
+        return metric, self.sweep.mode or known[metric]
 
     def suggest(self, trial: Any) -> None:
         """Optuna define-by-run: sample every parameter whose ``when`` conditions hold."""
@@ -228,9 +242,30 @@ def _check_param_names(path: str, base: BudgetPolicy, params: dict[str, ParamSpe
         if name not in flat or name in ("schema_version", "name"):
             raise TuneBudgetError(
                 f"{path}: search.{name}: not a policy field; use dotted keys such as training.lr or selection.ratio")
-        for key in spec.when:
+        for key, values in spec.when.items():
             if key not in flat:
                 raise TuneBudgetError(f"{path}: search.{name}.when: {key!r} is not a policy field")
+            _check_when_values(path, name, key, values, flat[key], params.get(key))
+
+
+def _check_when_values(path: str, name: str, key: str, values: list[Any], base_value: Any,
+                       searched: ParamSpec | None) -> None:
+    """Every listed value of a condition must be one ``key`` can take: a typo would silently keep
+    the parameter from ever being sampled."""
+    where = f"{path}: search.{name}.when.{key}"
+    if searched is None:
+        if base_value not in values:
+            raise TuneBudgetError(f"{where}: {key} is not searched and is {base_value!r} in the base policy, so "
+                                  f"{name} would never be sampled; list {base_value!r} or search {key}")
+        return
+    if searched.type == "categorical":
+        unknown = [v for v in values if v not in (searched.choices or [])]
+        if unknown:
+            raise TuneBudgetError(f"{where}: {unknown[0]!r} is not one of search.{key}'s choices "
+                                  f"({', '.join(map(str, searched.choices or []))}); fix the value")
+    elif not any(isinstance(v, (int, float)) and searched.low <= v <= searched.high for v in values):
+        raise TuneBudgetError(f"{where}: no listed value is inside search.{key}'s range "
+                              f"[{searched.low}, {searched.high}], so {name} would never be sampled; fix the values")
 
 
 def _sampling_order(path: str, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
@@ -290,8 +325,9 @@ def load_space(path: Union[str, os.PathLike[str]]) -> SearchSpace:
     _check_param_names(p, base, params)
     params = _sampling_order(p, params)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    space = SearchSpace(p, base, params, sweep, baselines, digest, data)
+    space = SearchSpace(p, base, params, sweep, baselines, digest)
     _check_baselines(space)
     space.baseline_points()  # every baseline must be a point of the space
     _check_draws(space)
+    space.metric()  # a metric no trial reports is refused before anything starts
     return space

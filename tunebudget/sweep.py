@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +33,10 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import BudgetPolicy, policy_from_dict
+from tunebudget.policy import BudgetPolicy, policy_from_dict, read_yaml
 from tunebudget.spaces import SearchSpace
-from tunebudget.tracking import STATUS_FOR_TRIAL, Tracker, existing_children_by_trial, is_local, local_store
-from tunebudget.util import atomic_write_text, git_commit
+from tunebudget.tracking import STATUS_FOR_TRIAL, Tracker, existing_children_by_trial, local_store, sqlite_file
+from tunebudget.util import atomic_write_text, check_importable, check_writable_dir, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     def on_eval(metrics: dict[str, Any]) -> None:
         tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    trainer = BudgetTrainer(policy, device=device, data=data, on_eval=on_eval)
+    trainer = BudgetTrainer(policy, device=device, data=data, on_eval=on_eval, threads=threads)  # the CPU share wins
     setup_seconds = time.time() - entered  # imports, data (cached per worker), model: not training
     result = trainer.run()
     final = {k: v for k, v in (result.history[-1] if result.history else {}).items() if isinstance(v, (int, float))}
@@ -169,8 +170,9 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)
     final["hostname"] = socket.gethostname()
     final["device"] = str(result.stats.get("device", device))
-    if result.status == "diverged" or metric not in final:
-        final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged policies lose
+    final["too_short"] = int(result.too_short)
+    if result.status == "diverged" or metric not in final or result.too_short:
+        final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged (or untrained) policies lose
     tune.report(final)
 
 
@@ -349,6 +351,10 @@ def _pick(flag: Any, default: Any) -> Any:
     return default if flag is None else flag
 
 
+#: A sweep's name is a directory under the storage path: one safe path component.
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
 def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     """Resolve the command line against the space's ``sweep`` section; check every value."""
     sw = space.sweep
@@ -375,6 +381,11 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         raise TuneBudgetError(f"--storage-path {raw}: URIs are not supported yet (the sweep's state file is written "
                               "with local file operations); use a directory on storage every node mounts (e.g. NFS)")
     storage = Path(raw).expanduser().resolve()
+    if opts.name is not None and not _SWEEP_NAME.fullmatch(opts.name):
+        raise TuneBudgetError(f"--name {opts.name!r}: a sweep name is one directory under --storage-path: use "
+                              "letters, digits, '.', '_' and '-' (no '/', spaces or leading dot), e.g. --name lr-sweep-1")
+    if opts.experiment is not None and not opts.experiment.strip():
+        raise TuneBudgetError("--experiment: empty; give an MLflow experiment name, or leave it out for the space's name")
     name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
@@ -411,9 +422,38 @@ def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
     """Next to a sqlite tracking store (./mlflow by default), else in the Ray storage directory."""
     if not tracking_uri:
         return local_store() / "optuna.db"
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "optuna.db"
-    return storage / "optuna.db"
+    db = sqlite_file(tracking_uri)
+    return db.parent / "optuna.db" if db is not None else storage / "optuna.db"
+
+
+def check_optuna_storage(url: str) -> None:
+    """A database URL SQLAlchemy can use, with its driver installed; a sqlite file's directory writable.
+
+    Nothing is written: a server database is only connected to; a sqlite file is created later.
+    """
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    flag = f"--optuna-storage {url}"
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+        raise TuneBudgetError(f"{flag}: no SQLAlchemy driver for {parsed.drivername!r} ({exc}); use sqlite:// "
+                              "or postgresql://, or install the driver") from None
+    except sqlalchemy.exc.ArgumentError:
+        raise TuneBudgetError(f"{flag}: not a database URL; use e.g. sqlite:////abs/path/optuna.db or "
+                              "postgresql://user:pw@host/db") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            check_writable_dir(Path(parsed.database).expanduser().resolve().parent, flag)
+        return
+    try:
+        timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+        sqlalchemy.create_engine(parsed, connect_args=timeout).connect().close()
+    except Exception as exc:  # noqa: BLE001 - any driver's connection error is the user's to fix
+        text = str(exc).splitlines()[0][:160]
+        raise TuneBudgetError(f"{flag}: cannot connect ({text}); check the URL and that the database runs") from None
 
 
 def connect_ray(plan: Plan) -> dict[str, float]:
@@ -476,7 +516,8 @@ def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
     candidates = []
     for state_file in storage.glob(f"*/{STATE_FILE}"):
         state = json.loads(state_file.read_text())
-        if state.get("plan", {}).get("base", {}).get("name") == space_name and state.get("stage") != "finished":
+        if state.get("plan", {}).get("base", {}).get("name") == space_name and \
+                state.get("stage") not in ("finished", "failed"):
             candidates.append(state_file.parent)
     if not candidates:
         raise TuneBudgetError(f"--resume: no unfinished sweep of {space_name!r} under {storage}; "
@@ -568,6 +609,13 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
     return tuner.fit()
 
 
+def _user_error(error: Optional[BaseException]) -> Optional[str]:
+    """The one-line message of a trial that failed on bad input (a TuneBudgetError raised in the
+    worker, which Ray wraps), else None."""
+    cause = getattr(error, "cause", error)
+    return str(cause).strip().splitlines()[0] if isinstance(cause, TuneBudgetError) and str(cause).strip() else None
+
+
 def _trial_status(r: Any) -> str:
     if r.error:
         return "ERROR"
@@ -594,7 +642,8 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
                      "value": float(value) if isinstance(value, (int, float)) else None,
                      "baseline": labels.get(label_key(config), ""),
                      "params": {k: v for k, v in config.items() if "." in k},
-                     "diverged": bool(metrics.get("diverged")),
+                     "diverged": bool(metrics.get("diverged")), "too_short": bool(metrics.get("too_short")),
+                     "steps": int(metrics.get("steps") or 0), "error": _user_error(r.error),
                      "train_seconds": float(metrics.get("train_seconds") or 0.0)})
     return rows
 
@@ -687,12 +736,72 @@ class SweepOutcome:
     summary_md: str
 
 
+#: Flags a resumed sweep cannot change (they define what the sweep is), by SweepOptions and Plan field.
+_FIXED_ON_RESUME = {"trials": "trials", "concurrency": "concurrency", "cpus_per_trial": "cpus",
+                    "gpus_per_trial": "gpus", "experiment": "experiment", "scheduler": "scheduler",
+                    "sampler": "sampler", "confirm_seeds": "confirm_seeds", "confirm_top": "confirm_top",
+                    "max_failures": "max_failures", "seed": "seed", "optuna_storage": "optuna_storage",
+                    "tracking_uri": "tracking_uri"}
+
+
 def _resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str, Any]]:
+    """The saved plan of the sweep to resume; refuses a changed space or a flag that changes the plan.
+
+    Only ``--address`` (where the Ray cluster is now) and ``--quiet`` may differ: they change where
+    and how the sweep runs, not what it is.
+    """
     fresh = make_plan(space, opts)
     root = find_resumable(Path(fresh.storage), space.name, opts.name)
     state = read_state(root) or {}
     plan = Plan(**state["plan"])
+    if state.get("stage") == "finished":
+        raise TuneBudgetError(f"--resume --name {plan.name}: that sweep has finished; export it with "
+                              f"'tunebudget export {shlex.quote(plan.experiment)}', or start a new sweep")
+    if state.get("stage") == "failed":
+        raise TuneBudgetError(f"--resume --name {plan.name}: that sweep failed (its parent run in MLflow says why); "
+                              "start a new sweep without --resume")
+    saved = state.get("space")
+    if saved is not None:
+        changed = _first_difference(saved, _as_json(read_yaml(space.path)))
+        if changed:
+            raise TuneBudgetError(
+                f"--resume: {space.path} changed since sweep {plan.name} started ({changed}); restore it, "
+                "or start a new sweep without --resume")
+    for flag, field_name in _FIXED_ON_RESUME.items():
+        given, was = getattr(opts, flag), getattr(plan, field_name)
+        if given is not None and getattr(fresh, field_name) != was:
+            raise TuneBudgetError(
+                f"--resume: --{flag.replace('_', '-')} {given} differs from sweep {plan.name}'s {was}; a resumed "
+                "sweep keeps its settings: leave the flag out, or start a new sweep")
+    if opts.budget is not None and fresh.base["budget"] != plan.base["budget"]:
+        raise TuneBudgetError(
+            f"--resume: --budget {opts.budget:g} differs from sweep {plan.name}'s budget "
+            f"({plan.base['budget']}); leave it out, or start a new sweep")
+    plan.address = fresh.address
     return plan, state
+
+
+def _as_json(data: Any) -> Any:
+    """``data`` as the state file will hold it (JSON: string keys), so saved and fresh compare equal."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> Optional[str]:
+    """The first dotted key at which two parsed YAML documents differ, described (None if equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            at = f"{where}.{key}" if where else str(key)
+            if key not in new:
+                return f"{at} was removed"
+            if key not in old:
+                return f"{at} was added"
+            found = _first_difference(old[key], new[key], at)
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{where or 'the file'} changed from {old!r} to {new!r}"
+    return None
 
 
 def _start_parent(tracker: Tracker, plan: Plan, space: SearchSpace, resources: dict[str, float]) -> dict[str, str]:
@@ -719,6 +828,17 @@ def trial_slots(plan: Plan, resources: dict[str, float]) -> int:
     return max(1, slots)
 
 
+def capacity_note(plan: Plan, resources: dict[str, float]) -> Optional[str]:
+    """A note when the cluster runs fewer trials at once than the concurrency asked for."""
+    slots = trial_slots(plan, resources)
+    if slots >= plan.concurrency:
+        return None
+    per = f"{plan.cpus:g} CPU" + (f" and {plan.gpus:g} GPU" if plan.gpus > 0 else "")
+    return (f"note: concurrency {plan.concurrency}, but the cluster ({resources.get('CPU', 0):g} CPUs"
+            + (f", {resources.get('GPU', 0):g} GPUs" if plan.gpus > 0 else "")
+            + f") fits {slots} trials of {per} at once: {slots} run at a time")
+
+
 def idle_round_note(plan: Plan, n_baselines: int, resources: dict[str, float]) -> Optional[str]:
     """A note when the search's trials do not fill the last round of equal-length trials.
 
@@ -742,8 +862,14 @@ def _preflight(plan: Plan) -> tuple[Tracker, dict[str, float]]:
     so it saved under 0.5 s of ~11 s, and an existing store answers in milliseconds anyway.)
     """
     t0 = time.perf_counter()
+    task = plan.base["task"]
+    for field_name in ("model", "dataset"):  # a user's factory that no worker could import fails here, not per trial
+        if ":" in str(task.get(field_name, "")):
+            check_importable(task[field_name], f"task.{field_name}")
     tracker = Tracker(plan.tracking_uri or None)
-    tracker.check()
+    tracker.check()  # first: the Optuna study's default place follows the store's
+    check_writable_dir(Path(plan.storage), f"--storage-path {plan.storage}")
+    check_optuna_storage(plan.optuna_storage)
     log.info("tracking store %s reached in %.1f s", tracker.uri, time.perf_counter() - t0)
     resources = connect_ray(plan)
     log.info("Ray ready in %.1f s: %s", time.perf_counter() - t0, resources)
@@ -758,7 +884,20 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         plan, state = _resume_plan(space, opts)
     else:
         plan, state = make_plan(space, opts), {}
-    tracker, resources = _preflight(plan)
+    from tunebudget.progress import err_console, starting
+
+    budget = policy_from_dict(plan.base).budget
+    what = (f"sweep {plan.name}: {'resuming; ' if opts.resume else ''}{plan.trials} searched trials + "
+            f"{len(space.baselines)} baselines, {budget.amount:g} {budget.kind} each")
+    # Ray takes seconds to start: a terminal sees a spinner from the first second (it vanishes, so
+    # a preflight error stays one line); a log gets one line once Ray is up
+    with starting(f"{what}; checking the stores and starting {'Ray at ' + plan.address if plan.address else 'a local Ray'}…",
+                  opts.quiet):
+        tracker, resources = _preflight(plan)
+    if not opts.quiet:
+        err_console.print(f"{what}; Ray ready ({resources.get('CPU', 0):g} CPUs"
+                          + (f", {resources.get('GPU', 0):g} GPUs" if resources.get("GPU") else "") + ")",
+                          highlight=False, soft_wrap=True)
     # Tune adds CSV, JSON and TensorBoardX loggers unless told otherwise. The TensorBoardX one imports
     # torch in the driver as the first trial starts (3.3 s of the search stage on 2 cores, ~400 MB of
     # driver memory) to write event files nobody reads: MLflow holds the metrics. Set for restored
@@ -772,14 +911,16 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         if not state:
             with tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
                 ids = _start_parent(tracker, plan, space, resources)
-            state = save_state(plan, stage="search", **ids)
+            state = save_state(plan, stage="search", space=_as_json(read_yaml(space.path)), **ids)
         ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
         state["slots"] = trial_slots(plan, resources)
-        note = idle_round_note(plan, len(space.baselines), resources)
-        if note and not opts.quiet and state.get("stage") == "search":
+        notes = [n for n in (capacity_note(plan, resources), idle_round_note(plan, len(space.baselines), resources))
+                 if n]
+        if notes and not opts.quiet and state.get("stage") == "search":
             from tunebudget.progress import err_console
 
-            err_console.print(note, highlight=False, soft_wrap=True)
+            for note in notes:
+                err_console.print(note, highlight=False, soft_wrap=True)
         return _stages(plan, space, tracker, ids, state, opts)
     finally:
         ray.shutdown()
@@ -797,6 +938,8 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
         rows = search_rows(grid, plan, labels)
         if INTERRUPTED.is_set() or any(r["status"] == "INTERRUPTED" for r in rows):
             raise SweepInterrupted(plan.name)
+        _refuse_failed(plan, tracker, ids, rows)
+        _refuse_untrained(plan, tracker, ids, rows)
         # a resumed search ran in two sittings: its wall time here is only the second one
         efficiency = {} if resume else search_efficiency(rows, wall, state.get("slots", plan.concurrency))
         state = save_state(plan, stage="confirm", rows=rows, efficiency=efficiency)
@@ -812,15 +955,51 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
     else:
         for c in candidates:
             c.values = [c.search_value] if c.search_value is not None else []
-    outcome = finalize(plan, space, tracker, ids, rows, candidates, state.get("efficiency") or {})
+    outcome = finalize(plan, space, tracker, ids, rows, candidates, state.get("efficiency") or {},
+                       slots=state.get("slots", plan.concurrency))
     save_state(plan, stage="finished")
     log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
     return outcome
 
 
+def _fail_parent(plan: Plan, tracker: Tracker, ids: dict[str, str], why: str) -> None:
+    """The sweep cannot go on: its parent run ends FAILED with ``why`` (not left RUNNING), and
+    ``--resume`` refuses it rather than re-running what fails again."""
+    tracker.set_tags(ids["parent_id"], {"verdict": why})
+    tracker.finish(ids["parent_id"], "FAILED")
+    save_state(plan, stage="failed")
+
+
+def _refuse_failed(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Every trial failed on the same bad input (a model or data set that cannot be built): say so
+    in one line rather than go on to a confirmation stage with nothing to confirm."""
+    errors = {r["error"] for r in rows}
+    if rows and all(r["status"] == "ERROR" for r in rows) and len(errors) == 1 and None not in errors:
+        _fail_parent(plan, tracker, ids, "every trial failed on bad input")
+        raise TuneBudgetError(f"sweep {plan.name}: every trial failed: {errors.pop()}")
+
+
+def _refuse_untrained(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Fail the sweep (one line, parent run FAILED) when no finished trial trained MIN_STEPS steps:
+    every value is the initialisation's, and a 'best policy' would be noise."""
+    from tunebudget.trainer import MIN_STEPS, too_short_message
+
+    finished = [r for r in rows if r["status"] == "TERMINATED" and not r["diverged"]]
+    if not finished or not all(r.get("too_short") for r in finished):
+        return
+    longest = max(finished, key=lambda r: r["steps"])
+    message = too_short_message(policy_from_dict(plan.base).budget, longest["steps"], longest["train_seconds"])
+    _fail_parent(plan, tracker, ids, f"every trial trained under {MIN_STEPS} steps")
+    raise TuneBudgetError(f"sweep {plan.name}: every trial was too short; {message}")
+
+
 def _best_policy(space: SearchSpace, plan: Plan, best: Any) -> BudgetPolicy:
-    """The winner as a policy to replay: the candidate's settings with the sweep's base seed."""
-    return _candidate_policy(space, plan, best, int(plan.base.get("seed", 0)))
+    """The winner as a policy to replay: the candidate's settings with the sweep's base seed, and
+    the torch threads its trials ran with (unless the space set them)."""
+    policy = _candidate_policy(space, plan, best, int(plan.base.get("seed", 0)))
+    if policy.training.threads is None and plan.gpus == 0:
+        policy = policy.with_overrides({"training.threads": plan.threads}, "the sweep's threads per trial")
+    return policy
 
 
 def search_efficiency(rows: list[dict[str, Any]], wall: float, slots: int) -> dict[str, float]:
@@ -835,8 +1014,16 @@ def search_efficiency(rows: list[dict[str, Any]], wall: float, slots: int) -> di
             "search_utilisation": train / (wall * slots) if wall > 0 and slots > 0 else 0.0}
 
 
+def _concurrency(plan: Plan, slots: Optional[int]) -> str:
+    """How many trials ran at once: the slots the cluster had, and the limit asked for if larger."""
+    if slots is None or slots >= plan.concurrency:
+        return f"{plan.concurrency} concurrent"
+    return f"{slots} concurrent ({plan.concurrency} asked; the cluster fits {slots})"
+
+
 def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]],
-             candidates: list[Any], efficiency: Optional[dict[str, float]] = None) -> SweepOutcome:
+             candidates: list[Any], efficiency: Optional[dict[str, float]] = None,
+             slots: Optional[int] = None) -> SweepOutcome:
     """Stage 4: verdict, best policy, summary and plots onto the parent run; the parent finishes."""
     import tempfile
 
@@ -844,13 +1031,12 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
 
     v = report.verdict(candidates, plan.mode, plan.metric)
     if v.best is None:
-        tracker.set_tags(ids["parent_id"], {"verdict": "no finished trials"})
-        tracker.finish(ids["parent_id"], "FAILED")
+        _fail_parent(plan, tracker, ids, "no finished trials")
         raise TuneBudgetError(f"sweep {plan.name}: no trial finished, so there is no best policy; "
                               "see the failed runs in MLflow (tunebudget ui)")
     best = _best_policy(space, plan, v.best).with_overrides({"name": f"{space.name}-best"})
     meta = {"sweep": plan.name, "space": f"{plan.space_path} (sha256 {space.file_hash})",
-            "trials": f"{plan.trials} searched + {len(space.baselines)} baselines, {plan.concurrency} concurrent",
+            "trials": f"{plan.trials} searched + {len(space.baselines)} baselines, {_concurrency(plan, slots)}",
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
             "confirmation": f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
             "sampler": plan.sampler, "scheduler": plan.scheduler}

@@ -66,6 +66,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: A run that trains fewer optimizer steps than this is refused (train) or excluded (sweep):
+#: its accuracy is the initialisation's, whatever the policy.
+MIN_STEPS = 5
+
+
 @dataclass
 class TrainResult:
     """What a run produced; ``summary()`` is what ``--json`` writes."""
@@ -80,6 +85,18 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, **self.stats, "test": self.test, "val": self.val,
                 "history": self.history, "policy": self.policy.to_dict()}
+
+    @property
+    def too_short(self) -> bool:
+        """The budget ran out within MIN_STEPS optimizer steps: the result says nothing about the policy."""
+        return self.status == "completed" and int(self.stats.get("steps", 0)) < MIN_STEPS
+
+
+def too_short_message(budget: Any, steps: int, train_seconds: float) -> str:
+    """The one-line error for a budget that trains fewer than MIN_STEPS steps."""
+    return (f"budget: {budget.amount:g} {budget.kind} trained only {steps} optimizer step(s) "
+            f"({train_seconds:.2f} s), under {MIN_STEPS}: the result says nothing about the policy; "
+            "give a larger budget (budget.seconds, --budget)")
 
 
 class _Stats:
@@ -125,7 +142,7 @@ class BudgetTrainer:
         data: a preloaded bundle (else the task's data set is loaded onto the device).
         on_eval: called with a metrics dict at each validation; return True to stop.
         on_progress: called with budget progress in [0, 1] about every 0.5% of the budget.
-        threads: torch CPU threads for this run (None leaves torch's default).
+        threads: torch CPU threads for this run (None: ``policy.training.threads``, else torch's default).
 
     Example:
         >>> from tunebudget.policy import BudgetPolicy
@@ -147,6 +164,7 @@ class BudgetTrainer:
         self.policy = policy
         self.device = resolve_device(device)
         self.eval_chunk = EVAL_CHUNK.get(self.device.type, 1024)
+        threads = threads or policy.training.threads
         if threads:
             torch.set_num_threads(threads)
         seed_everything(policy.seed)

@@ -1,0 +1,130 @@
+"""What a new user writes first: YAML as people write it, empty files, the metric to optimise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tunebudget.errors import TuneBudgetError
+from tunebudget.policy import load_policy
+from tunebudget.spaces import METRICS, load_space
+
+from conftest import ROOT, tiny_policy, write_yaml
+
+DIGITS = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path, cli):
+    """YAML 1.2 reads ``1e-3`` as a float; PyYAML (YAML 1.1) reads it as a string."""
+    text = yaml.safe_dump(tiny_policy(), sort_keys=False).replace("lr: 0.1", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    (tmp_path / "p.yaml").write_text(text)
+    assert load_policy(tmp_path / "p.yaml").training.lr == 0.001
+
+    space = copy.deepcopy(DIGITS)
+    space["search"]["training.lr"] = {"type": "float", "low": "LOW", "high": 0.5, "log": True}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(space, sort_keys=False).replace("LOW", "1e-3"))
+    assert load_space(tmp_path / "s.yaml").params["training.lr"].low == 0.001
+
+    proc = cli("train", str(tmp_path / "p.yaml"), "--set", "training.lr=5e-2", "--set", "training.momentum=9E-1",
+               "--json", str(tmp_path / "r.json"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    policy = json.loads((tmp_path / "r.json").read_text())["policy"]
+    assert policy["training"]["lr"] == 0.05 and policy["training"]["momentum"] == 0.9
+
+
+def test_quoted_exponent_stays_a_string(tmp_path):
+    text = yaml.safe_dump(tiny_policy(), sort_keys=False).replace("lr: 0.1", "lr: '1e-3'")
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(TuneBudgetError, match="training.lr"):
+        load_policy(tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("", "the file is empty"),
+    ("# only a comment\n", "the file is empty"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("training:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr'"),
+    ("training: {lr: 0.1}\ntraining: {lr: 0.2}\n", "duplicate key 'training'"),
+])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_empty_and_ambiguous_files_are_bad_input(tmp_path, cli, content, fragment, command):
+    path = tmp_path / "p.yaml"
+    path.write_text(content)
+    proc = cli(command, str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and fragment in proc.stderr and str(path) in proc.stderr
+
+
+def test_a_directory_is_not_a_policy(tmp_path, cli):
+    proc = cli("train", str(tmp_path))
+    assert proc.returncode == 2 and "is a directory" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("metric, mode", [("val_loss", "min"), ("train_loss", "min"), ("val_accuracy", "max"),
+                                          ("throughput", "max")])
+def test_mode_follows_the_metric(tmp_path, metric, mode):
+    data = copy.deepcopy(DIGITS)
+    data["sweep"]["metric"] = metric
+    data["sweep"].pop("mode", None)
+    assert load_space(write_yaml(tmp_path / "s.yaml", data)).metric() == (metric, mode)
+    data["sweep"]["mode"] = "max" if mode == "min" else "min"  # an explicit mode is the user's choice
+    assert load_space(write_yaml(tmp_path / "s.yaml", data)).metric()[1] == data["sweep"]["mode"]
+
+
+def test_regression_metrics(tmp_path):
+    space = load_space(ROOT / "search_spaces/synthetic_regression.yaml")
+    assert space.metric() == ("val_mse", "min")
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic_regression"])
+def test_every_optimisable_metric_is_reported_by_the_trainer(dataset):
+    """METRICS is what the sweep accepts: each must be in what a real trial reports at validation."""
+    from tunebudget.policy import policy_from_dict
+    from tunebudget.trainer import BudgetTrainer
+
+    policy = policy_from_dict(tiny_policy(task={"dataset": dataset, "model": "mlp", "val_size": 100}))
+    result = BudgetTrainer(policy, device="cpu").run()
+    kind = policy.task.kind
+    reported = {k for k, v in result.history[-1].items() if isinstance(v, (int, float))}
+    assert set(METRICS[kind]) <= reported, set(METRICS[kind]) - reported
+
+
+@pytest.mark.parametrize("mode, best, base, shown", [("min", [0.10, 0.11, 0.12], [0.20, 0.21, 0.22], "-0.1000"),
+                                                    ("max", [0.92, 0.93, 0.94], [0.90, 0.91, 0.92], "+0.0200")])
+def test_verdict_shows_the_difference_as_measured(mode, best, base, shown):
+    """A lower MSE is shown as a negative difference with its direction, not as '+'."""
+    from tunebudget.report import Candidate, verdict
+
+    v = verdict([Candidate("top1", "searched", {}, values=best), Candidate("full_linear", "baseline", {}, values=base)],
+                mode, "val_mse" if mode == "min" else "val_accuracy")
+    assert v.beats and f"({shown}, {'lower' if mode == 'min' else 'higher'} is better;" in v.text
+
+
+def test_sweep_progress_counts_only_finished_trials_and_never_wraps(capsys):
+    """A trial Tune marks TERMINATED without its final report (killed by Ctrl-C, early-stopped) is
+    not 'done'; lines are whole however long (stderr is not a terminal under pytest)."""
+    from types import SimpleNamespace as Trial
+
+    from tunebudget.progress import SweepProgress
+
+    metric = "val_accuracy_of_a_long_metric_name_that_would_wrap_at_eighty_columns"
+    progress = SweepProgress("search", 5, metric, "max")
+    progress.update([Trial(status="TERMINATED", last_result={"finished": 1, metric: 0.9}),
+                     Trial(status="TERMINATED", last_result={metric: 0.99}),  # killed: its value is partial
+                     Trial(status="RUNNING", last_result={})])
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"search: 1/5 done, 1 running, 0 failed, 1 stopped; best {metric} 0.9000"]
+
+
+@pytest.mark.parametrize("val_size", [0.999, 0.6, 1400])
+def test_holding_out_most_of_the_data_is_refused(tmp_path, cli, val_size):
+    """digits has 1437 training samples: holding out more than half for validation is a mistake."""
+    proc = cli("train", str(write_yaml(tmp_path / "p.yaml", tiny_policy(task={"val_size": val_size}))), "--quiet")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "task.val_size" in proc.stderr and "more than half" in proc.stderr

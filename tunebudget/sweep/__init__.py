@@ -1,0 +1,32 @@
+"""Sweeps: Ray Tune runs trials of BudgetTrainer, Optuna proposes policies, MLflow keeps them.
+
+Stages of :func:`run_sweep` (``pipeline.py``, the flow of one sweep in one function):
+
+1. **preflight** (``plan.py``, ``preflight.py``), before anything is written: options resolved
+   against the space's ``sweep`` section and checked, the factories' modules found, the tracking
+   store, the Ray storage and the Optuna storage checked, Ray started or joined and its resources
+   checked (GPUs asked for must exist).
+2. **search** (``stages.py``): a Tune ``Tuner`` over the function trainable (``worker.py``, what
+   runs in a Ray worker), with ``OptunaSearch`` (define-by-run space, seeded sampler, persistent
+   Optuna storage so the study resumes and optuna-dashboard can read it) and the baselines
+   enqueued first through ``points_to_evaluate``.
+3. **confirm** (``stages.py``): the top-k searched policies and the baselines (plus RS2 at the
+   winner's ratio) re-run with fresh seeds; the best policy is chosen on the confirmed mean, not
+   on one lucky trial.
+4. **verdict and artifacts** (``verdict.py``): the parent MLflow run gets the best policy YAML,
+   the summary table and the plots; ``tunebudget export`` reads them back.
+
+The driver writes everything to MLflow through a Tune callback (``callbacks.py``; trial workers
+never talk to it). A sweep's state lives in ``<storage>/<sweep>/tunebudget_sweep.json``
+(``resume.py``), so ``--resume`` finds the same parent run, the same Optuna study and the Tune
+experiment to restore.
+"""
+
+from tunebudget.sweep.callbacks import POLICY_TAG
+from tunebudget.sweep.pipeline import run_sweep
+from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, make_plan, trial_slots
+from tunebudget.sweep.stages import SweepInterrupted
+from tunebudget.sweep.verdict import SweepOutcome
+
+__all__ = ["POLICY_TAG", "Plan", "SweepInterrupted", "SweepOptions", "SweepOutcome", "capacity_note",
+           "idle_round_note", "make_plan", "run_sweep", "trial_slots"]

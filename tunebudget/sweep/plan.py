@@ -1,0 +1,176 @@
+"""Plan a sweep: the command line resolved against the space's ``sweep`` section, every value
+checked, nothing written; and what the plan means on a cluster of a given size.
+"""
+
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tunebudget.errors import TuneBudgetError
+from tunebudget.spaces import SearchSpace
+from tunebudget.tracking import local_store, sqlite_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepOptions:
+    """Command-line choices; None means "take the space file's ``sweep`` section"."""
+
+    trials: Optional[int] = None
+    budget: Optional[float] = None
+    concurrency: Optional[int] = None
+    cpus_per_trial: Optional[float] = None
+    gpus_per_trial: Optional[float] = None
+    address: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None
+    scheduler: Optional[str] = None
+    sampler: Optional[str] = None
+    confirm_seeds: Optional[int] = None
+    confirm_top: Optional[int] = None
+    max_failures: Optional[int] = None
+    resume: bool = False
+    seed: Optional[int] = None
+    storage_path: Optional[str] = None
+    optuna_storage: Optional[str] = None
+    name: Optional[str] = None
+    quiet: bool = False
+
+
+@dataclass
+class Plan:
+    """Options resolved against the space: exactly what this sweep will do."""
+
+    space_path: str
+    name: str
+    experiment: str
+    trials: int
+    concurrency: int
+    cpus: float
+    gpus: float
+    scheduler: str
+    sampler: str
+    confirm_top: int
+    confirm_seeds: int
+    max_failures: int
+    seed: int
+    metric: str
+    mode: str
+    storage: str
+    optuna_storage: str
+    tracking_uri: str
+    address: Optional[str]
+    base: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.storage) / self.name
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+
+def _pick(flag: Any, default: Any) -> Any:
+    return default if flag is None else flag
+
+
+#: A sweep's name is a directory under the storage path: one safe path component.
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
+    """Resolve the command line against the space's ``sweep`` section; check every value."""
+    sw = space.sweep
+    base = space.base
+    if opts.budget is not None:
+        if not opts.budget > 0:
+            raise TuneBudgetError(f"--budget: must be > 0 seconds (got {opts.budget})")
+        base = base.with_overrides({"budget.seconds": opts.budget, "budget.samples": None}, "--budget")
+    if opts.seed is not None:
+        base = base.with_overrides({"seed": opts.seed}, "--seed")
+    checks = [("--trials", opts.trials, 1), ("--concurrency", opts.concurrency, 1),
+              ("--confirm-seeds", opts.confirm_seeds, 0), ("--confirm-top", opts.confirm_top, 0),
+              ("--max-failures", opts.max_failures, 0)]
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            raise TuneBudgetError(f"{flag}: must be at least {low} (got {value})")
+    cpus = _pick(opts.cpus_per_trial, sw.resources.get("cpu", 1))
+    gpus = _pick(opts.gpus_per_trial, sw.resources.get("gpu", 0))
+    if not cpus > 0 or gpus < 0:
+        raise TuneBudgetError(f"--cpus-per-trial/--gpus-per-trial: need cpu > 0 and gpu >= 0 (got {cpus}, {gpus})")
+    metric, mode = space.metric()
+    raw = str(opts.storage_path or Path.cwd() / "ray_results")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
+        raise TuneBudgetError(f"--storage-path {raw}: URIs are not supported yet (the sweep's state file is written "
+                              "with local file operations); use a directory on storage every node mounts (e.g. NFS)")
+    storage = Path(raw).expanduser().resolve()
+    if opts.name is not None and not _SWEEP_NAME.fullmatch(opts.name):
+        raise TuneBudgetError(f"--name {opts.name!r}: a sweep name is one directory under --storage-path: use "
+                              "letters, digits, '.', '_' and '-' (no '/', spaces or leading dot), e.g. --name lr-sweep-1")
+    if opts.experiment is not None and not opts.experiment.strip():
+        raise TuneBudgetError("--experiment: empty; give an MLflow experiment name, or leave it out for the space's name")
+    name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
+    return Plan(
+        space_path=space.path, name=name, experiment=opts.experiment or space.name,
+        trials=_pick(opts.trials, sw.trials), concurrency=_pick(opts.concurrency, sw.concurrency),
+        cpus=float(cpus), gpus=float(gpus), scheduler=_pick(opts.scheduler, sw.scheduler),
+        sampler=_pick(opts.sampler, sw.sampler), confirm_top=_pick(opts.confirm_top, sw.confirm_top),
+        confirm_seeds=_pick(opts.confirm_seeds, sw.confirm_seeds), max_failures=_pick(opts.max_failures, sw.max_failures),
+        seed=_pick(opts.seed, sw.seed), metric=metric, mode=mode, storage=str(storage),
+        optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
+        base=base.to_dict(),
+    )
+
+
+def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
+    """Next to a sqlite tracking store (./mlflow by default), else in the Ray storage directory."""
+    if not tracking_uri:
+        return local_store() / "optuna.db"
+    db = sqlite_file(tracking_uri)
+    return db.parent / "optuna.db" if db is not None else storage / "optuna.db"
+
+
+def trial_slots(plan: Plan, resources: dict[str, float]) -> int:
+    """How many trials can run at once: the concurrency limit, or fewer if the cluster is smaller."""
+    slots = min(plan.concurrency, int(resources.get("CPU", 0) // plan.cpus) if plan.cpus > 0 else plan.concurrency)
+    if plan.gpus > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // plan.gpus))
+    return max(1, slots)
+
+
+def capacity_note(plan: Plan, resources: dict[str, float]) -> Optional[str]:
+    """A note when the cluster runs fewer trials at once than the concurrency asked for."""
+    slots = trial_slots(plan, resources)
+    if slots >= plan.concurrency:
+        return None
+    per = f"{plan.cpus:g} CPU" + (f" and {plan.gpus:g} GPU" if plan.gpus > 0 else "")
+    return (f"note: concurrency {plan.concurrency}, but the cluster ({resources.get('CPU', 0):g} CPUs"
+            + (f", {resources.get('GPU', 0):g} GPUs" if plan.gpus > 0 else "")
+            + f") fits {slots} trials of {per} at once: {slots} run at a time")
+
+
+def idle_round_note(plan: Plan, n_baselines: int, resources: dict[str, float]) -> Optional[str]:
+    """A note when the search's trials do not fill the last round of equal-length trials.
+
+    Every trial takes the same budget, so with ``total % slots`` trials in the last round the
+    other slots sit idle for a whole trial: wall time paid for no training.
+    """
+    slots, total = trial_slots(plan, resources), plan.trials + n_baselines
+    left = total % slots
+    if plan.scheduler != "none" or slots < 2 or left == 0:
+        return None
+    fill = sorted({t for t in (plan.trials - left, plan.trials + slots - left) if t >= 1})
+    return (f"note: {total} trials ({plan.trials} searched + {n_baselines} baselines) on {slots} slots: the last "
+            f"round runs {left} and leaves {slots - left} idle for a whole trial; "
+            f"--trials {' or '.join(map(str, fill))} fills every round")

@@ -1,0 +1,124 @@
+"""A sweep's state on disk (``<storage>/<sweep>/tunebudget_sweep.json``) and ``--resume``: the
+saved plan, refused when the space or a flag would change what the sweep is.
+"""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from tunebudget.errors import TuneBudgetError
+from tunebudget.policy import read_yaml
+from tunebudget.spaces import SearchSpace
+from tunebudget.sweep.plan import Plan, SweepOptions, make_plan
+from tunebudget.util import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+STATE_FILE = "tunebudget_sweep.json"
+
+
+def save_state(plan: Plan, **fields: Any) -> dict[str, Any]:
+    path = plan.root / STATE_FILE
+    state = read_state(plan.root) or {}
+    state.update({"plan": asdict(plan), **fields})
+    atomic_write_text(path, json.dumps(state, indent=2, default=str))
+    return state
+
+
+def read_state(root: Path) -> Optional[dict[str, Any]]:
+    path = Path(root) / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
+    """The sweep directory to resume: ``--name`` if given, else this space's latest unfinished sweep."""
+    if name:
+        root = storage / name
+        if not (root / STATE_FILE).is_file():
+            raise TuneBudgetError(f"--resume --name {name}: no sweep state in {root}; check --name and --storage-path")
+        return root
+    candidates = []
+    for state_file in storage.glob(f"*/{STATE_FILE}"):
+        state = json.loads(state_file.read_text())
+        if state.get("plan", {}).get("base", {}).get("name") == space_name and \
+                state.get("stage") not in ("finished", "failed"):
+            candidates.append(state_file.parent)
+    if not candidates:
+        raise TuneBudgetError(f"--resume: no unfinished sweep of {space_name!r} under {storage}; "
+                              "start a new one without --resume (or give --name / --storage-path)")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+#: Flags a resumed sweep cannot change (they define what the sweep is), by SweepOptions and Plan field.
+_FIXED_ON_RESUME = {"trials": "trials", "concurrency": "concurrency", "cpus_per_trial": "cpus",
+                    "gpus_per_trial": "gpus", "experiment": "experiment", "scheduler": "scheduler",
+                    "sampler": "sampler", "confirm_seeds": "confirm_seeds", "confirm_top": "confirm_top",
+                    "max_failures": "max_failures", "seed": "seed", "optuna_storage": "optuna_storage",
+                    "tracking_uri": "tracking_uri"}
+
+
+def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str, Any]]:
+    """The saved plan of the sweep to resume; refuses a changed space or a flag that changes the plan.
+
+    Only ``--address`` (where the Ray cluster is now) and ``--quiet`` may differ: they change where
+    and how the sweep runs, not what it is.
+    """
+    fresh = make_plan(space, opts)
+    root = find_resumable(Path(fresh.storage), space.name, opts.name)
+    state = read_state(root) or {}
+    plan = Plan(**state["plan"])
+    if state.get("stage") == "finished":
+        raise TuneBudgetError(f"--resume --name {plan.name}: that sweep has finished; export it with "
+                              f"'tunebudget export {shlex.quote(plan.experiment)}', or start a new sweep")
+    if state.get("stage") == "failed":
+        raise TuneBudgetError(f"--resume --name {plan.name}: that sweep failed (its parent run in MLflow says why); "
+                              "start a new sweep without --resume")
+    saved = state.get("space")
+    if saved is not None:
+        changed = _first_difference(saved, as_json(read_yaml(space.path)))
+        if changed:
+            raise TuneBudgetError(
+                f"--resume: {space.path} changed since sweep {plan.name} started ({changed}); restore it, "
+                "or start a new sweep without --resume")
+    for flag, field_name in _FIXED_ON_RESUME.items():
+        given, was = getattr(opts, flag), getattr(plan, field_name)
+        if given is not None and getattr(fresh, field_name) != was:
+            raise TuneBudgetError(
+                f"--resume: --{flag.replace('_', '-')} {given} differs from sweep {plan.name}'s {was}; a resumed "
+                "sweep keeps its settings: leave the flag out, or start a new sweep")
+    if opts.budget is not None and fresh.base["budget"] != plan.base["budget"]:
+        raise TuneBudgetError(
+            f"--resume: --budget {opts.budget:g} differs from sweep {plan.name}'s budget "
+            f"({plan.base['budget']}); leave it out, or start a new sweep")
+    plan.address = fresh.address
+    return plan, state
+
+
+def as_json(data: Any) -> Any:
+    """``data`` as the state file will hold it (JSON: string keys), so saved and fresh compare equal."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> Optional[str]:
+    """The first dotted key at which two parsed YAML documents differ, described (None if equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            at = f"{where}.{key}" if where else str(key)
+            if key not in new:
+                return f"{at} was removed"
+            if key not in old:
+                return f"{at} was added"
+            found = _first_difference(old[key], new[key], at)
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{where or 'the file'} changed from {old!r} to {new!r}"
+    return None

@@ -1,0 +1,266 @@
+"""The search and confirm stages: Tune runs the trials, Optuna proposes the searched ones;
+their results become rows and candidates, and a sweep that cannot yield a result ends here.
+"""
+
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from tunebudget.errors import TuneBudgetError
+from tunebudget.policy import BudgetPolicy, policy_from_dict
+from tunebudget.spaces import SearchSpace
+from tunebudget.sweep.callbacks import INTERRUPTED, SweepCallback, label_key
+from tunebudget.sweep.plan import Plan
+from tunebudget.sweep.resume import save_state
+from tunebudget.sweep.worker import trainable
+from tunebudget.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+
+
+CONFIRM_SEED_BASE = 1000
+
+
+class SweepInterrupted(Exception):
+    """The driver was interrupted; finished trials are logged, ``--resume`` continues."""
+
+
+def finished(trial_result: Any) -> bool:
+    metrics = trial_result.metrics or {}
+    return bool(metrics.get("finished"))
+
+
+def _make_sampler(plan: Plan) -> Any:
+    import optuna
+
+    if plan.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
+    if plan.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=plan.seed)
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(4, min(10, plan.trials // 3)))
+
+
+def _scheduler(plan: Plan) -> Any:
+    if plan.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    budget = float(plan.base["budget"]["seconds"] or 60.0)
+    # time_total_s includes validation and set-up; give trials room beyond the budget itself
+    return ASHAScheduler(time_attr="time_total_s", metric=plan.metric, mode=plan.mode, max_t=budget * 3,
+                         grace_period=max(1.0, budget * 0.3), reduction_factor=3)
+
+
+def _trainable(plan: Plan) -> Any:
+    from ray import tune
+
+    fn = tune.with_parameters(trainable, base=plan.base, threads=plan.threads, metric=plan.metric, mode=plan.mode)
+    return tune.with_resources(fn, {"cpu": plan.cpus, "gpu": plan.gpus})
+
+
+def _run_config(plan: Plan, stage: str, callback: SweepCallback) -> Any:
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    # CSV and JSON loggers by name: the result grid's metric histories are read from them (Tune's
+    # automatic loggers are off, see run_sweep)
+    return tune.RunConfig(name=stage, storage_path=str(plan.root), verbose=0,
+                          callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
+                          failure_config=tune.FailureConfig(max_failures=plan.max_failures))
+
+
+def _callback(plan: Plan, stage: str, ids: dict[str, str], labels: dict[str, str], total: int,
+              quiet: bool) -> SweepCallback:
+    return SweepCallback({"tracking_uri": plan.tracking_uri, "experiment_id": ids["experiment_id"],
+                          "parent_id": ids["parent_id"], "plan": asdict(plan), "stage": stage, "labels": labels,
+                          "total": total, "quiet": quiet})
+
+
+def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool, quiet: bool) -> Any:
+    """Stage 2: Optuna proposes, Tune runs; the baselines are enqueued first."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING)
+    path = plan.root / "search"
+    total = plan.trials + len(space.baselines)
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(plan), resume_errored=False)
+        return tuner.fit()
+    points = space.baseline_points()
+    labels = {label_key(p): b.name for p, b in zip(points, space.baselines)}
+    searcher = OptunaSearch(space=space.suggest, metric=plan.metric, mode=plan.mode,
+                            points_to_evaluate=points or None, sampler=_make_sampler(plan),
+                            study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage))
+    tuner = tune.Tuner(
+        _trainable(plan),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=plan.concurrency,
+                                    reuse_actors=True,
+                                    scheduler=_scheduler(plan)),
+        run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels, total, quiet)),
+    )
+    return tuner.fit()
+
+
+def _user_error(error: Optional[BaseException]) -> Optional[str]:
+    """The one-line message of a trial that failed on bad input (a TuneBudgetError raised in the
+    worker, which Ray wraps), else None."""
+    cause = getattr(error, "cause", error)
+    return str(cause).strip().splitlines()[0] if isinstance(cause, TuneBudgetError) and str(cause).strip() else None
+
+
+def _trial_status(r: Any) -> str:
+    if r.error:
+        return "ERROR"
+    if finished(r):
+        return "TERMINATED"
+    return "INTERRUPTED" if INTERRUPTED.is_set() else "STOPPED"  # STOPPED: early-stopped by ASHA
+
+
+def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per search trial: id, status, value, baseline name, sampled parameters.
+
+    An early-stopped (ASHA) trial keeps its truncated value: that is what Optuna was told too.
+    """
+    rows = []
+    for r in grid:
+        config = r.config or {}
+        metrics = r.metrics or {}
+        status = _trial_status(r)
+        value = metrics.get(plan.metric) if status in ("TERMINATED", "STOPPED") else None
+        history = r.metrics_dataframe
+        curve = (list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist()))
+                 if history is not None and plan.metric in history and "train_seconds" in history else [])
+        rows.append({"trial_id": metrics.get("trial_id") or Path(r.path).name, "status": status, "curve": curve,
+                     "value": float(value) if isinstance(value, (int, float)) else None,
+                     "baseline": labels.get(label_key(config), ""),
+                     "params": {k: v for k, v in config.items() if "." in k},
+                     "diverged": bool(metrics.get("diverged")), "too_short": bool(metrics.get("too_short")),
+                     "steps": int(metrics.get("steps") or 0), "error": _user_error(r.error),
+                     "train_seconds": float(metrics.get("train_seconds") or 0.0)})
+    return rows
+
+
+def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) -> list[Any]:
+    """Top-k distinct searched policies, every baseline, and RS2 at the leader's ratio."""
+    from tunebudget.report import Candidate
+
+    sign = 1 if plan.mode == "max" else -1
+    done = [r for r in rows if r["value"] is not None and not r["diverged"]]
+    searched = sorted((r for r in done if not r["baseline"]), key=lambda r: -sign * r["value"])
+    chosen, seen = [], set()
+    for r in searched:
+        key = json.dumps(r["params"], sort_keys=True, default=str)
+        if key not in seen and len(chosen) < plan.confirm_top:
+            seen.add(key)
+            chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r["params"], search_value=r["value"],
+                                    curves=[r.get("curve") or []]))
+    by_name = {r["baseline"]: r for r in done if r["baseline"]}
+    for b in space.baselines:
+        row = by_name.get(b.name, {})
+        chosen.append(Candidate(b.name, "baseline", dict(b.set), search_value=row.get("value"),
+                                curves=[row.get("curve") or []]))
+    if chosen and chosen[0].kind == "searched":
+        leader = space.policy_for(chosen[0].params)
+        if leader.selection.ratio < 1 and leader.selection.strategy != "rs2":
+            chosen.append(Candidate("rs2_at_best_ratio", "baseline",
+                                    {"selection.strategy": "rs2", "selection.ratio": leader.selection.ratio}))
+    return chosen
+
+
+def candidate_policy(space: SearchSpace, plan: Plan, c: Any, seed: int) -> BudgetPolicy:
+    base = policy_from_dict(plan.base, "search space")
+    overrides = dict(c.params)
+    if c.kind == "baseline" and c.name != "rs2_at_best_ratio":
+        overrides = dict(next(b.set for b in space.baselines if b.name == c.name))
+    return base.with_overrides({**overrides, "seed": seed}, source=f"confirm {c.name}")
+
+
+def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates: list[Any], resume: bool,
+                quiet: bool) -> Any:
+    """Stage 3: every candidate again with ``confirm_seeds`` fresh seeds."""
+    from ray import tune
+
+    path = plan.root / "confirm"
+    if resume and tune.Tuner.can_restore(str(path)):
+        return tune.Tuner.restore(str(path), trainable=_trainable(plan)).fit()
+    jobs, labels = [], {}
+    for c in candidates:
+        for k in range(plan.confirm_seeds):
+            policy = candidate_policy(space, plan, c, CONFIRM_SEED_BASE + k)
+            job = {"candidate": c.name, "kind": c.kind, "policy": policy.to_dict()}
+            jobs.append(job)
+            labels[label_key({"job": job})] = c.name
+    tuner = tune.Tuner(
+        _trainable(plan), param_space={"job": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True),
+        run_config=_run_config(plan, "confirm", _callback(plan, "confirm", ids, labels, len(jobs), quiet)),
+    )
+    return tuner.fit()
+
+
+def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
+    """Fill each candidate's per-seed values and validation curves from the confirm stage."""
+    by_name = {c.name: c for c in candidates}
+    for c in candidates:
+        c.curves = []  # the confirmation runs replace the search-stage curves
+    for r in grid:
+        job = (r.config or {}).get("job") or {}
+        c = by_name.get(job.get("candidate"))
+        if c is None or not finished(r) or (r.metrics or {}).get("diverged"):
+            continue
+        c.values.append(float(r.metrics[plan.metric]))
+        history = r.metrics_dataframe
+        if history is not None and plan.metric in history and "train_seconds" in history:
+            c.curves.append(list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist())))
+
+
+def fail_parent(plan: Plan, tracker: Tracker, ids: dict[str, str], why: str) -> None:
+    """The sweep cannot go on: its parent run ends FAILED with ``why`` (not left RUNNING), and
+    ``--resume`` refuses it rather than re-running what fails again."""
+    tracker.set_tags(ids["parent_id"], {"verdict": why})
+    tracker.finish(ids["parent_id"], "FAILED")
+    save_state(plan, stage="failed")
+
+
+def refuse_failed(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Every trial failed on the same bad input (a model or data set that cannot be built): say so
+    in one line rather than go on to a confirmation stage with nothing to confirm."""
+    errors = {r["error"] for r in rows}
+    if rows and all(r["status"] == "ERROR" for r in rows) and len(errors) == 1 and None not in errors:
+        fail_parent(plan, tracker, ids, "every trial failed on bad input")
+        raise TuneBudgetError(f"sweep {plan.name}: every trial failed: {errors.pop()}")
+
+
+def refuse_untrained(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Fail the sweep (one line, parent run FAILED) when no finished trial trained MIN_STEPS steps:
+    every value is the initialisation's, and a 'best policy' would be noise."""
+    from tunebudget.trainer import MIN_STEPS, too_short_message
+
+    finished = [r for r in rows if r["status"] == "TERMINATED" and not r["diverged"]]
+    if not finished or not all(r.get("too_short") for r in finished):
+        return
+    longest = max(finished, key=lambda r: r["steps"])
+    message = too_short_message(policy_from_dict(plan.base).budget, longest["steps"], longest["train_seconds"])
+    fail_parent(plan, tracker, ids, f"every trial trained under {MIN_STEPS} steps")
+    raise TuneBudgetError(f"sweep {plan.name}: every trial was too short; {message}")
+
+
+def search_efficiency(rows: list[dict[str, Any]], wall: float, slots: int) -> dict[str, float]:
+    """How much of the search stage's machine time went into training.
+
+    utilisation = Σ trial training seconds / (stage wall seconds × trial slots). The wall time
+    runs from the Tuner's start (trial workers starting included) to its end; validation, the
+    test-set evaluation, worker set-up and scheduling count as overhead.
+    """
+    train = sum(r.get("train_seconds") or 0.0 for r in rows)
+    return {"search_wall_seconds": wall, "search_train_seconds": train, "trial_slots": float(slots),
+            "search_utilisation": train / (wall * slots) if wall > 0 and slots > 0 else 0.0}

@@ -1,0 +1,79 @@
+"""The trainable: what runs in a Ray worker for one trial (a BudgetTrainer run, reporting
+each validation). Data sets are cached per worker process.
+"""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from tunebudget.policy import BudgetPolicy, policy_from_dict
+
+log = logging.getLogger(__name__)
+
+
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _cached_data(policy: BudgetPolicy, device: str) -> Any:
+    """Data sets are loaded once per worker process and reused by the trials it runs."""
+    from tunebudget.data import load_data
+    from tunebudget.trainer import resolve_device
+
+    dev = resolve_device(device)
+    key = json.dumps([policy.task.model_dump(mode="json"), policy.seed, str(dev)], sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_data(policy.task, policy.seed, dev)
+    return _DATA_CACHE[key]
+
+
+def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
+    """The policy a trial trains: a confirmation job's full policy, or base + sampled params."""
+    job = config.get("job")
+    if job:
+        return policy_from_dict(job["policy"], f"confirm job {job['candidate']}")
+    params = {k: v for k, v in config.items() if "." in k}
+    return policy_from_dict(base, "search space").with_overrides(params, source="trial parameters")
+
+
+def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric: str, mode: str) -> None:
+    """Ray Tune function trainable: one BudgetTrainer run, reporting each validation."""
+    entered = time.time()
+    import socket
+
+    import ray
+    import torch
+    from ray import tune
+
+    from tunebudget.trainer import BudgetTrainer
+
+    torch.set_num_threads(threads)
+    policy = trial_policy(config, base)
+    device = "cuda" if torch.cuda.is_available() and tune.get_context().get_trial_resources() \
+        .required_resources.get("GPU", 0) > 0 else "cpu"
+    data = _cached_data(policy, device)
+
+    def on_eval(metrics: dict[str, Any]) -> None:
+        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    trainer = BudgetTrainer(policy, device=device, data=data, on_eval=on_eval, threads=threads)  # the CPU share wins
+    setup_seconds = time.time() - entered  # imports, data (cached per worker), model: not training
+    result = trainer.run()
+    final = {k: v for k, v in (result.history[-1] if result.history else {}).items() if isinstance(v, (int, float))}
+    final.update({f"test_{k}": v for k, v in result.test.items()})
+    final.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float)) and v is not None})
+    final["setup_seconds"] = setup_seconds
+    final["trial_started_at"] = entered  # wall clock, for the sweep-efficiency benchmark's timeline
+    final["diverged"] = int(result.status == "diverged")
+    final["finished"] = 1  # marks a trial that ran to its end (an interrupted one never reports this)
+    final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)
+    final["hostname"] = socket.gethostname()
+    final["device"] = str(result.stats.get("device", device))
+    final["too_short"] = int(result.too_short)
+    if result.status == "diverged" or metric not in final or result.too_short:
+        final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged (or untrained) policies lose
+    tune.report(final)

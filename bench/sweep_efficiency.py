@@ -16,6 +16,7 @@ Usage:
     python bench/sweep_efficiency.py                          # the space's 17 + 3 baselines x 20 s, 2 concurrent
     python bench/sweep_efficiency.py --trials 9               # a shorter sweep: 6 rounds
     python bench/sweep_efficiency.py --trials 4 --budget 10   # quicker
+    python bench/sweep_efficiency.py --fidelity restart --trials 18 --budget 18   # rungs of 2, 6, 18 s
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def main() -> int:
                     help="searched trials (default: the space's own, 17 + 3 baselines = 10 full rounds of 2)")
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--fidelity", choices=["full", "restart"], default="full",
+                    help="restart: successive halving with the budget as the fidelity (rungs budget/eta^2 .. budget)")
+    ap.add_argument("--eta", type=int, default=3)
+    ap.add_argument("--min-budget", type=float, help="restart: the smallest rung's budget (default budget/eta^2)")
     ap.add_argument("--json", help="also write the figures as JSON here")
     args = ap.parse_args()
 
@@ -58,7 +63,8 @@ def main() -> int:
         os.chdir(tmp)
         t0 = time.time()
         outcome = run_sweep(space, SweepOptions(trials=args.trials, budget=args.budget, concurrency=args.concurrency,
-                                                confirm_seeds=0, quiet=True, name="efficiency"))
+                                                confirm_seeds=0, quiet=True, name="efficiency",
+                                                fidelity=args.fidelity, eta=args.eta, min_budget=args.min_budget))
         wall = time.time() - t0
         client = MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow' / 'mlflow.db'}")
         everything = client.search_runs([client.get_experiment_by_name(outcome.experiment).experiment_id],
@@ -81,7 +87,9 @@ def main() -> int:
             for span, r in zip(spans, runs)]
     util_stage = parent["search_utilisation"]
     util_all = sum(train) / (wall * args.concurrency)
-    print(f"# sweep efficiency: {space.name}, {len(runs)} trials x {args.budget:g} s, {args.concurrency} concurrent")
+    rungs = sorted({r.data.tags["rung_budget"] for r in runs if "rung_budget" in r.data.tags}, key=float)
+    shape = f"restart, rungs {', '.join(rungs)} s" if rungs else f"{args.budget:g} s each"
+    print(f"# sweep efficiency: {space.name}, {len(runs)} trials ({shape}), {args.concurrency} concurrent")
     print("\n| figure | value |\n|---|---|")
     print(f"| utilisation, search stage | {util_stage:.3f} |")
     print(f"| utilisation, whole command | {util_all:.3f} |")

@@ -103,7 +103,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         experiment=args.experiment, scheduler=args.scheduler, sampler=args.sampler,
         confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top, max_failures=args.max_failures,
         resume=args.resume, seed=args.seed, storage_path=args.storage_path, optuna_storage=args.optuna_storage,
-        name=args.name, quiet=args.quiet)
+        name=args.name, quiet=args.quiet, fidelity=args.fidelity, eta=args.eta, min_budget=args.min_budget,
+        search_seconds=args.search_time)
     try:
         outcome = run_sweep(space, opts)
     except SweepInterrupted as exc:
@@ -158,6 +159,16 @@ def _add_sweep_commands(sub: Any) -> None:
     p.add_argument("--address", help="join this Ray cluster (host:port); default: a local Ray, or $RAY_ADDRESS")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the space's name)")
+    p.add_argument("--fidelity", choices=["full", "restart"],
+                   help="full: every trial runs the whole budget; restart: successive halving with the budget as "
+                        "the fidelity, every trial a complete run at its rung's budget (default: the file's "
+                        "sweep.fidelity, else full)")
+    p.add_argument("--search-time", type=float, metavar="SECONDS",
+                   help="stop the search stage after this much wall time (trials still running then are cut and "
+                        "not counted); the confirmation stage follows as usual")
+    p.add_argument("--eta", type=int, help="restart: keep the top 1/eta of each rung (default: sweep.eta, else 3)")
+    p.add_argument("--min-budget", type=float, metavar="AMOUNT",
+                   help="restart: the smallest rung's budget, in the budget's unit (default: budget / eta^2)")
     p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: the file's sweep.scheduler, else none)")
     p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: the file's sweep.sampler, else tpe)")
     p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (default: the file's sweep.confirm_seeds, else 3)")

@@ -122,13 +122,17 @@ def summary_markdown(space_name: str, metric: str, mode: str, candidates: Sequen
         sv = f"{c.search_value:.4f}" if c.search_value is not None else ""
         params = ", ".join(f"{k}={_fmt(val)}" for k, val in c.params.items())
         lines.append(f"| {c.name} | {c.kind} | {c.mean:.4f} | {c.std:.4f} | {len(c.values)} | {sv} | {params} |")
-    lines += ["", f"## Search trials ({len(search_rows)})", "", f"| trial | status | {metric} | baseline | parameters |",
-              "|---|---|---|---|---|"]
+    rungs = any(r.get("rung") is not None for r in search_rows)  # a restart sweep: say each trial's rung
+    rung_head, rung_rule = ("rung | policy | ", "---|---|") if rungs else ("", "")
+    lines += ["", f"## Search trials ({len(search_rows)})", "",
+              f"| trial | status | {rung_head}{metric} | baseline | parameters |", f"|---|---|{rung_rule}---|---|---|"]
     for r in search_rows:
         value = r.get("value")
         shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "—"
         params = ", ".join(f"{k}={_fmt(val)}" for k, val in r.get("params", {}).items())
-        lines.append(f"| {r.get('trial_id')} | {r.get('status')} | {shown} | {r.get('baseline') or ''} | {params} |")
+        rung = f"{r.get('rung')} | {r.get('config')} | " if rungs else ""
+        lines.append(f"| {r.get('trial_id')} | {r.get('status')} | {rung}{shown} | {r.get('baseline') or ''} | "
+                     f"{params} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +188,53 @@ def plot_curves(candidates: Sequence[Candidate], metric: str, path: Path) -> Pat
            title="Validation metric vs training time (confirmation runs)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize=7)
+    return _save(fig, path)
+
+
+def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each pair of rungs, how well the short budget ranks the configurations the long one
+    also ran: Spearman's rho and Kendall's tau over the shared configurations (``n`` of them;
+    NaN with fewer than 3). ``rows`` are search rows with ``rung``, ``config`` and ``value``."""
+    from scipy import stats
+
+    by_rung: dict[int, dict[str, float]] = {}
+    for r in rows:
+        value = r.get("value")
+        if r.get("rung") is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or r.get("diverged") or r.get("too_short"):
+            continue
+        by_rung.setdefault(int(r["rung"]), {})[r["config"]] = float(value)
+    out = []
+    rungs = sorted(by_rung)
+    for i, lo in enumerate(rungs):
+        for hi in rungs[i + 1:]:
+            shared = sorted(set(by_rung[lo]) & set(by_rung[hi]))
+            a, b = [by_rung[lo][c] for c in shared], [by_rung[hi][c] for c in shared]
+            if len(shared) >= 3 and len(set(a)) > 1 and len(set(b)) > 1:
+                rho, tau = float(stats.spearmanr(a, b)[0]), float(stats.kendalltau(a, b)[0])
+            else:
+                rho = tau = float("nan")
+            out.append({"low": lo, "high": hi, "n": len(shared), "spearman": rho, "kendall": tau,
+                        "pairs": list(zip(a, b))})
+    return out
+
+
+def plot_rank_correlations(correlations: Sequence[dict[str, Any]], budgets: Sequence[float], unit: str,
+                           metric: str, path: Path) -> Path:
+    """"Does a short budget predict the long one?": each shared configuration's value at the
+    shorter rung against the longer, per pair of rungs, with the rank correlations."""
+    plt = _pyplot()
+    pairs = [c for c in correlations if c["n"]] or list(correlations)
+    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(4.2 * max(1, len(pairs)), 4), squeeze=False)
+    for ax, c in zip(axes[0], pairs):
+        if c["pairs"]:
+            xs, ys = zip(*c["pairs"])
+            ax.scatter(xs, ys, s=25, color="tab:blue")
+        ax.set(xlabel=f"{metric} at {budgets[c['low']]:g} {unit} (rung {c['low']})",
+               ylabel=f"{metric} at {budgets[c['high']]:g} {unit} (rung {c['high']})",
+               title=f"n={c['n']}  Spearman {c['spearman']:.2f}  Kendall {c['kendall']:.2f}"
+               if math.isfinite(c["spearman"]) else f"n={c['n']}: too few to rank")
+    fig.suptitle("Does a short budget predict the long one?")
     return _save(fig, path)
 
 

@@ -98,6 +98,12 @@ class SweepSpec(_Strict):
     mode: Optional[Literal["max", "min"]] = None
     sampler: Literal["tpe", "gp", "random"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
+    #: full: every trial runs the whole budget; restart: successive halving with the budget as the
+    #: fidelity (rungs B/eta^K ... B, every trial a complete run, promoted policies retrained).
+    fidelity: Literal["full", "restart"] = "full"
+    eta: int = Field(default=3, ge=2, le=10)
+    #: The smallest rung's budget, in the budget's unit (default: the budget / eta^2, three rungs).
+    min_budget: Optional[float] = Field(default=None, gt=0)
     resources: dict[str, Union[int, float]] = Field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     confirm_top: int = Field(default=3, ge=0, le=100)
     confirm_seeds: int = Field(default=3, ge=0, le=100)
@@ -106,6 +112,8 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _resources(self) -> "SweepSpec":
+        if self.fidelity == "restart" and self.scheduler != "none":
+            raise ValueError("sweep.fidelity: restart runs every trial to its rung's budget; set scheduler: none")
         unknown = set(self.resources) - {"cpu", "gpu"}
         if unknown:
             raise ValueError(f"sweep.resources: unknown resource {sorted(unknown)[0]!r}; use cpu and gpu")

@@ -143,6 +143,7 @@ class BudgetTrainer:
         on_eval: called with a metrics dict at each validation; return True to stop.
         on_progress: called with budget progress in [0, 1] about every 0.5% of the budget.
         threads: torch CPU threads for this run (None: ``policy.training.threads``, else torch's default).
+        evaluate_test: evaluate the test split at the end (a sweep's lower rungs skip it: unused).
 
     Example:
         >>> from tunebudget.policy import BudgetPolicy
@@ -160,8 +161,10 @@ class BudgetTrainer:
         on_eval: Optional[Callable[[dict[str, Any]], Optional[bool]]] = None,
         on_progress: Optional[Callable[[float], None]] = None,
         threads: Optional[int] = None,
+        evaluate_test: bool = True,
     ) -> None:
         self.policy = policy
+        self.evaluate_test = evaluate_test
         self.device = resolve_device(device)
         self.eval_chunk = EVAL_CHUNK.get(self.device.type, 1024)
         threads = threads or policy.training.threads
@@ -458,7 +461,7 @@ class BudgetTrainer:
 
     def _finish(self, status: str, stats: _Stats, history: list[dict[str, Any]]) -> TrainResult:
         t0 = time.perf_counter()
-        test = self.evaluate(self.data.test) if status != "diverged" else {}
+        test = self.evaluate(self.data.test) if status != "diverged" and self.evaluate_test else {}
         test_seconds = time.perf_counter() - t0
         train_s = self.clock.train_seconds()
         scoring_s = self.clock.scoring_seconds

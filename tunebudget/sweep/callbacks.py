@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.worker import trial_policy
 from tunebudget.tracking import STATUS_FOR_TRIAL, Tracker, existing_children_by_trial
@@ -65,7 +66,11 @@ class TrialLogger:
                 "candidate": label if self.stage == "confirm" else None}
         if self.stage == "confirm":
             tags["confirm"] = "true"
-        name = f"{self.stage}-{label or trial.trial_id}"
+        fidelity = trial.config.get(FIDELITY)
+        if fidelity:
+            tags.update({"rung": str(fidelity["rung"]), "rung_budget": f"{fidelity['amount']:g}",
+                         "config": fidelity["config"]})
+        name = f"{self.stage}-{label or trial.trial_id}" + (f"-rung{fidelity['rung']}" if fidelity else "")
         if self.stage == "confirm":
             name += f"-seed{policy.seed}"
         self.runs[trial.trial_id] = self.tracker.start_run(

@@ -6,6 +6,7 @@ checked, nothing written; and what the plan means on a cluster of a given size.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.policy import BudgetPolicy
 from tunebudget.spaces import SearchSpace
+from tunebudget.sweep.halving import rung_budgets
 from tunebudget.tracking import local_store, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ class SweepOptions:
     optuna_storage: Optional[str] = None
     name: Optional[str] = None
     quiet: bool = False
+    fidelity: Optional[str] = None
+    search_seconds: Optional[float] = None
+    eta: Optional[int] = None
+    min_budget: Optional[float] = None
 
 
 @dataclass
@@ -69,6 +76,12 @@ class Plan:
     tracking_uri: str
     address: Optional[str]
     base: dict[str, Any] = field(default_factory=dict)
+    #: full, or restart (successive halving over ``rungs``, the budgets of its rungs, smallest first)
+    fidelity: str = "full"
+    eta: int = 3
+    rungs: list[float] = field(default_factory=list)
+    #: wall seconds after which the search stage stops (None: when its trials are done)
+    search_seconds: Optional[float] = None
 
     @property
     def root(self) -> Path:
@@ -97,6 +110,8 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         base = base.with_overrides({"budget.seconds": opts.budget, "budget.samples": None}, "--budget")
     if opts.seed is not None:
         base = base.with_overrides({"seed": opts.seed}, "--seed")
+    if opts.search_seconds is not None and not (opts.search_seconds > 0 and math.isfinite(opts.search_seconds)):
+        raise TuneBudgetError(f"--search-time: must be a positive number of seconds (got {opts.search_seconds})")
     checks = [("--trials", opts.trials, 1), ("--concurrency", opts.concurrency, 1),
               ("--confirm-seeds", opts.confirm_seeds, 0), ("--confirm-top", opts.confirm_top, 0),
               ("--max-failures", opts.max_failures, 0)]
@@ -121,7 +136,9 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
+    fidelity, eta, rungs = _fidelity(base, sw, opts, scheduler=_pick(opts.scheduler, sw.scheduler))
     return Plan(
+        fidelity=fidelity, eta=eta, rungs=rungs, search_seconds=opts.search_seconds,
         space_path=space.path, name=name, experiment=opts.experiment or space.name,
         trials=_pick(opts.trials, sw.trials), concurrency=_pick(opts.concurrency, sw.concurrency),
         cpus=float(cpus), gpus=float(gpus), scheduler=_pick(opts.scheduler, sw.scheduler),
@@ -131,6 +148,28 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
         base=base.to_dict(),
     )
+
+
+def _fidelity(base: BudgetPolicy, sw: Any, opts: SweepOptions, scheduler: str) -> tuple[str, int, list[float]]:
+    """The sweep's fidelity, eta and rung budgets (one rung, the budget, for a full-budget sweep)."""
+    fidelity, eta = _pick(opts.fidelity, sw.fidelity), _pick(opts.eta, sw.eta)
+    budget = base.budget
+    if fidelity == "full":
+        return fidelity, eta, [float(budget.amount)]
+    if scheduler != "none":
+        raise TuneBudgetError("--fidelity restart: runs every trial to its rung's budget; leave --scheduler asha out")
+    if eta < 2:
+        raise TuneBudgetError(f"--eta: must be at least 2 (got {eta})")
+    smallest = _pick(opts.min_budget, sw.min_budget) or budget.amount / eta ** 2
+    unit = "seconds" if budget.kind == "seconds" else "samples"
+    if not 0 < smallest <= budget.amount or not math.isfinite(smallest):
+        raise TuneBudgetError(f"--min-budget: must be in (0, {budget.amount:g}] {unit}, the per-trial budget "
+                              f"(got {smallest:g})")
+    rungs = rung_budgets(float(budget.amount), eta, float(smallest))
+    if budget.kind == "samples" and rungs[0] < base.training.batch_size:
+        raise TuneBudgetError(f"--min-budget: the smallest rung ({rungs[0]:g} samples) is less than one batch "
+                              f"({base.training.batch_size}); give a larger --min-budget")
+    return fidelity, eta, rungs
 
 
 def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
@@ -168,7 +207,7 @@ def idle_round_note(plan: Plan, n_baselines: int, resources: dict[str, float]) -
     """
     slots, total = trial_slots(plan, resources), plan.trials + n_baselines
     left = total % slots
-    if plan.scheduler != "none" or slots < 2 or left == 0:
+    if plan.scheduler != "none" or plan.fidelity != "full" or slots < 2 or left == 0:
         return None
     fill = sorted({t for t in (plan.trials - left, plan.trials + slots - left) if t >= 1})
     return (f"note: {total} trials ({plan.trials} searched + {n_baselines} baselines) on {slots} slots: the last "

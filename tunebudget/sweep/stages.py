@@ -15,6 +15,7 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, SweepCallback, label_key
+from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.resume import save_state
 from tunebudget.sweep.worker import trainable
@@ -97,15 +98,38 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
         return tuner.fit()
     points = space.baseline_points()
     labels = {label_key(p): b.name for p, b in zip(points, space.baselines)}
+    if plan.fidelity == "restart":
+        return _run_halving(plan, space, ids, points, labels, quiet)
     searcher = OptunaSearch(space=space.suggest, metric=plan.metric, mode=plan.mode,
                             points_to_evaluate=points or None, sampler=_make_sampler(plan),
                             study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage))
     tuner = tune.Tuner(
         _trainable(plan),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=plan.concurrency,
-                                    reuse_actors=True,
+                                    reuse_actors=True, time_budget_s=plan.search_seconds,
                                     scheduler=_scheduler(plan)),
         run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels, total, quiet)),
+    )
+    return tuner.fit()
+
+
+def _run_halving(plan: Plan, space: SearchSpace, ids: dict[str, str], points: list[dict[str, Any]],
+                 labels: dict[str, str], quiet: bool) -> Any:
+    """Stage 2 with restart successive halving: the searcher decides each trial's rung."""
+    from ray import tune
+
+    from tunebudget.sweep.halving import RestartHalving, expected_trials
+
+    total = plan.trials + len(points)
+    searcher = RestartHalving(space, plan.metric, plan.mode, plan.rungs, plan.eta, plan.trials, points,
+                              _make_sampler(plan), plan.name, plan.optuna_storage)
+    tuner = tune.Tuner(
+        _trainable(plan),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total * len(plan.rungs),
+                                    max_concurrent_trials=plan.concurrency, reuse_actors=True,
+                                    time_budget_s=plan.search_seconds),
+        run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels,
+                                                         expected_trials(total, plan.eta, len(plan.rungs)), quiet)),
     )
     return tuner.fit()
 
@@ -117,12 +141,16 @@ def _user_error(error: Optional[BaseException]) -> Optional[str]:
     return str(cause).strip().splitlines()[0] if isinstance(cause, TuneBudgetError) and str(cause).strip() else None
 
 
-def _trial_status(r: Any) -> str:
+def _trial_status(r: Any, plan: Plan) -> str:
     if r.error:
         return "ERROR"
     if finished(r):
         return "TERMINATED"
-    return "INTERRUPTED" if INTERRUPTED.is_set() else "STOPPED"  # STOPPED: early-stopped by ASHA
+    if INTERRUPTED.is_set():
+        return "INTERRUPTED"
+    # STOPPED: early-stopped by ASHA (it keeps its truncated value); CUT: still running when the
+    # search stage's --search-time ran out (no value: it did not spend its budget)
+    return "STOPPED" if plan.scheduler == "asha" else "CUT"
 
 
 def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -134,7 +162,7 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
     for r in grid:
         config = r.config or {}
         metrics = r.metrics or {}
-        status = _trial_status(r)
+        status = _trial_status(r, plan)
         value = metrics.get(plan.metric) if status in ("TERMINATED", "STOPPED") else None
         history = r.metrics_dataframe
         curve = (list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist()))
@@ -143,6 +171,7 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
                      "value": float(value) if isinstance(value, (int, float)) else None,
                      "baseline": labels.get(label_key(config), ""),
                      "params": {k: v for k, v in config.items() if "." in k},
+                     "rung": (config.get(FIDELITY) or {}).get("rung"), "config": (config.get(FIDELITY) or {}).get("config"),
                      "diverged": bool(metrics.get("diverged")), "too_short": bool(metrics.get("too_short")),
                      "steps": int(metrics.get("steps") or 0), "error": _user_error(r.error),
                      "train_seconds": float(metrics.get("train_seconds") or 0.0)})
@@ -155,7 +184,13 @@ def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) 
 
     sign = 1 if plan.mode == "max" else -1
     done = [r for r in rows if r["value"] is not None and not r["diverged"]]
-    searched = sorted((r for r in done if not r["baseline"]), key=lambda r: -sign * r["value"])
+    if plan.fidelity == "restart":  # each configuration by its highest rung: the longest budget it ran
+        highest: dict[str, dict[str, Any]] = {}
+        for r in done:
+            if r["config"] not in highest or r["rung"] > highest[r["config"]]["rung"]:
+                highest[r["config"]] = r
+        done = list(highest.values())
+    searched = sorted((r for r in done if not r["baseline"]), key=lambda r: (-(r.get("rung") or 0), -sign * r["value"]))
     chosen, seen = [], set()
     for r in searched:
         key = json.dumps(r["params"], sort_keys=True, default=str)

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import BudgetPolicy
+from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import POLICY_TAG
 from tunebudget.sweep.plan import Plan
@@ -68,6 +69,15 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
             "confirmation": f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
             "sampler": plan.sampler, "scheduler": plan.scheduler}
+    correlations = report.rank_correlations(rows) if plan.fidelity == "restart" else []
+    if plan.fidelity == "restart":
+        unit = policy_from_dict(plan.base).budget.kind
+        meta["fidelity"] = (f"restart successive halving, eta {plan.eta}, rungs "
+                            + ", ".join(f"{b:g}" for b in plan.rungs) + f" {unit}")
+        for c in correlations:
+            meta[f"rank correlation, rung {c['low']} vs {c['high']}"] = (
+                f"Spearman {c['spearman']:.2f}, Kendall {c['kendall']:.2f} over {c['n']} policies"
+                if c["n"] >= 3 and math.isfinite(c["spearman"]) else f"{c['n']} shared policies: too few to rank")
     if efficiency:
         meta["search utilisation"] = (f"{efficiency['search_utilisation']:.2f} (Σ training "
                                       f"{efficiency['search_train_seconds']:.0f} s / ({efficiency['search_wall_seconds']:.0f} s "
@@ -81,6 +91,9 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
         (out / "summary.json").write_text(json.dumps(_summary_json(plan, v, candidates, rows), indent=2, default=str))
         report.plot_history(rows, plan.metric, plan.mode, out / "optimization_history.png")
         report.plot_curves(candidates, plan.metric, out / "validation_vs_time.png")
+        if correlations:
+            report.plot_rank_correlations(correlations, plan.rungs, policy_from_dict(plan.base).budget.kind,
+                                          plan.metric, out / "rank_correlation.png")
         importances = _importances(plan)
         if importances:
             report.plot_importance(importances, out / "param_importance.png")
@@ -88,6 +101,11 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
             tracker.log_file(parent, path)
     metrics = {"best_mean": v.best.mean, "best_std": v.best.std, "n_trials": len(rows),
                "n_failed": sum(r["status"] == "ERROR" for r in rows), **(efficiency or {})}
+    for c in correlations:
+        if c["n"] >= 3:
+            pair = f"r{c['low']}_r{c['high']}"
+            metrics.update({f"rank_spearman_{pair}": c["spearman"], f"rank_kendall_{pair}": c["kendall"],
+                            f"rank_shared_{pair}": c["n"]})
     if v.best_baseline is not None:
         metrics.update({"baseline_mean": v.best_baseline.mean, "baseline_std": v.best_baseline.std,
                         "diff_vs_baseline": v.diff, "p_value": v.p_value})

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from tunebudget.policy import BudgetPolicy, policy_from_dict
+from tunebudget.sweep.halving import FIDELITY
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
     if job:
         return policy_from_dict(job["policy"], f"confirm job {job['candidate']}")
     params = {k: v for k, v in config.items() if "." in k}
+    fidelity = config.get(FIDELITY)
+    if fidelity:  # a rung of restart successive halving: the whole policy, at the rung's budget
+        kind = "samples" if base["budget"]["seconds"] is None else "seconds"
+        params[f"budget.{kind}"] = float(fidelity["amount"])
     return policy_from_dict(base, "search space").with_overrides(params, source="trial parameters")
 
 
@@ -60,7 +65,10 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     def on_eval(metrics: dict[str, Any]) -> None:
         tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
-    trainer = BudgetTrainer(policy, device=device, data=data, on_eval=on_eval, threads=threads)  # the CPU share wins
+    fidelity = config.get(FIDELITY)
+    # the test split is evaluated only where it is used: a full-budget trial, or the top rung
+    trainer = BudgetTrainer(policy, device=device, data=data, on_eval=on_eval, threads=threads,
+                            evaluate_test=not fidelity or bool(fidelity.get("top")))  # the CPU share wins
     setup_seconds = time.time() - entered  # imports, data (cached per worker), model: not training
     result = trainer.run()
     final = {k: v for k, v in (result.history[-1] if result.history else {}).items() if isinstance(v, (int, float))}

@@ -1,0 +1,196 @@
+"""Restart successive halving: rung budgets, ASHA's promotion rule, what Optuna is told, and a real
+restart sweep (local Ray, sqlite MLflow) whose runs carry their rung and whose parent run carries
+the rank correlations between rungs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from conftest import ROOT, run_cli, write_yaml
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_rung_budgets():
+    from tunebudget.sweep.halving import rung_budgets
+
+    assert [round(b, 3) for b in rung_budgets(18, 3, 2)] == [2.0, 6.0, 18.0]
+    assert [round(b, 3) for b in rung_budgets(18, 3, 2.5)] == [6.0, 18.0]  # never below the smallest asked
+    assert rung_budgets(10, 2, 10) == [10.0]
+    with pytest.raises(ValueError):
+        rung_budgets(10, 3, 11)
+
+
+class _Space:
+    """A one-parameter define-by-run space (what SearchSpace.suggest does, on a float)."""
+
+    def suggest(self, trial):
+        trial.suggest_float("training.lr", 0.01, 1.0, log=True)
+
+
+def _searcher(tmp_path, trials=9, points=()):
+    import optuna
+
+    from tunebudget.sweep.halving import RestartHalving
+
+    return RestartHalving(_Space(), "val_accuracy", "max", [1.0, 3.0, 9.0], 3, trials, list(points),
+                          optuna.samplers.RandomSampler(seed=0), "s", f"sqlite:///{tmp_path / 'o.db'}")
+
+
+def test_asha_promotion_rule_and_what_optuna_learns(tmp_path):
+    """Serially (one slot): every promotion takes a configuration that is, at that moment, in the top
+    1/eta of its rung and not yet promoted; the top rung is reached; Optuna's study holds exactly
+    the rung-0 values, never an upper rung's."""
+    from ray.tune.search import Searcher
+
+    s = _searcher(tmp_path, points=[{"training.lr": 0.1}])
+    value = {}  # a policy's quality: higher lr is better here, and longer budgets add a little
+    seen, n = [], 0
+    while True:
+        config = s.suggest(f"t{n}")
+        if config == Searcher.FINISHED:
+            break
+        assert config is not None  # one slot: nothing is ever running when it is asked
+        f = config["fidelity"]
+        if f["rung"] > 0:  # ASHA's rule, checked against what was known when it was promoted
+            below = sorted((v for (c, r), v in value.items() if r == f["rung"] - 1), reverse=True)
+            assert value[(f["config"], f["rung"] - 1)] in below[: len(below) // 3]
+            assert (f["config"], f["rung"]) not in value  # promoted once
+        assert f["amount"] == [1.0, 3.0, 9.0][f["rung"]] and f["top"] == (f["rung"] == 2)
+        v = config["training.lr"] + 0.01 * f["rung"]
+        value[(f["config"], f["rung"])] = v
+        seen.append((f["config"], f["rung"]))
+        s.on_trial_complete(f"t{n}", {"val_accuracy": v, "finished": 1})
+        n += 1
+    rungs = [r for _, r in seen]
+    assert rungs.count(0) == 10  # the baseline and nine sampled configurations
+    assert 10 // 3 <= rungs.count(1) < 10 and rungs.count(2) >= 1
+    assert seen[0] == ("c0", 0)  # the baseline first
+    assert s.promotable() is None  # it finished because nothing could go up any more
+    study = s.study
+    told = sorted(t.value for t in study.trials)
+    assert told == sorted(v for (c, r), v in value.items() if r == 0)  # rung 0 only
+    assert study.trials[0].params == {"training.lr": 0.1}
+
+
+def test_failed_and_diverged_trials_are_never_promoted(tmp_path):
+    s = _searcher(tmp_path, trials=4)
+    configs = [s.suggest(f"t{i}") for i in range(3)]
+    s.on_trial_complete("t0", {"val_accuracy": float("nan"), "finished": 1})
+    s.on_trial_complete("t1", error=True)
+    s.on_trial_complete("t2", {"val_accuracy": 0.9, "diverged": 1, "finished": 1})
+    s.suggest("t3")
+    s.on_trial_complete("t3", {"val_accuracy": 0.99})  # cut by --search-time: never reached its budget
+    assert s.promotable() is None and not s.results[0]
+    assert [t.state.name for t in s.study.trials] == ["FAIL"] * 4
+    assert all(c["fidelity"]["rung"] == 0 for c in configs)
+
+
+def test_searcher_state_survives_a_pickle_round_trip(tmp_path):
+    s = _searcher(tmp_path, trials=4)
+    s.suggest("t0")
+    s.on_trial_complete("t0", {"val_accuracy": 0.5, "finished": 1})
+    s.save(str(tmp_path / "ckpt.pkl"))
+    again = _searcher(tmp_path, trials=4)
+    again.restore(str(tmp_path / "ckpt.pkl"))
+    assert again.started == 1 and again.results[0] == {"c0": 0.5}
+    assert len(again.study.trials) == 1  # the same study, reloaded from its storage
+
+
+def test_bad_fidelity_input_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+    data["budget"] = {"seconds": None, "samples": 3000}
+    space = str(write_yaml(tmp_path / "space.yaml", data))
+    for flags, fragment in [(["--fidelity", "restart", "--min-budget", "1e9"], "--min-budget: must be in (0, 3000]"),
+                            (["--fidelity", "restart", "--min-budget", "10"], "less than one batch"),
+                            (["--fidelity", "restart", "--eta", "1"], "--eta"),
+                            (["--fidelity", "restart", "--scheduler", "asha"], "--scheduler asha")]:
+        proc = cli("sweep", space, *flags)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def restart_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("restart")
+    data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+    data["budget"] = {"seconds": None, "samples": 9000, "eval_every": 0.5}
+    data["sweep"].update({"trials": 7, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2,
+                          "fidelity": "restart", "eta": 3, "min_budget": 1000})
+    space = write_yaml(tmp / "space.yaml", data)
+    proc = run_cli("sweep", str(space), "--cpus-per-trial", "0.5", "--quiet", cwd=tmp, timeout=900)
+    return tmp, proc
+
+
+def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    tmp, proc = restart_sweep
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restart successive halving, eta 3, rungs 1000, 3000, 9000 samples" in proc.stdout
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits_mlp")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("tunebudget_role") == "sweep")
+    assert parent.info.status == "FINISHED"
+    search = [r for r in runs if r.data.tags.get("stage") == "search"]
+    rungs = [int(r.data.tags["rung"]) for r in search]
+    assert rungs.count(0) == 7 + 2 and 3 <= rungs.count(1) < 9 and rungs.count(2) >= 1
+    for r in search:  # each run is a complete run at its rung's budget
+        budget = {0: 1000, 1: 3000, 2: 9000}[int(r.data.tags["rung"])]
+        assert r.data.tags["rung_budget"] == f"{budget:g}" and float(r.data.params["budget.samples"]) == budget
+        assert r.info.status == "FINISHED"
+        assert ("test_accuracy" in r.data.metrics) == (r.data.tags["rung"] == "2")  # test only where used
+    confirm = [r for r in runs if r.data.tags.get("stage") == "confirm"]
+    assert confirm and all(float(r.data.params["budget.samples"]) == 9000 for r in confirm)
+    metrics = parent.data.metrics
+    assert metrics["rank_shared_r0_r1"] == rungs.count(1) and -1 <= metrics["rank_spearman_r0_r1"] <= 1
+    assert math.isfinite(metrics["rank_kendall_r0_r1"])
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "rank_correlation.png" in names
+    study = optuna.load_study(study_name=parent.data.tags["sweep_name"],
+                              storage=f"sqlite:///{tmp / 'mlflow' / 'optuna.db'}")
+    rung0 = sorted(r.data.metrics["val_accuracy"] for r in search if r.data.tags["rung"] == "0")
+    assert sorted(t.value for t in study.trials) == pytest.approx(rung0)  # Optuna saw rung 0 only
+
+
+def test_an_interrupted_restart_sweep_resumes_without_duplicates(tmp_path):
+    """Ctrl-C in the middle of the rung ladder, then --resume: every (configuration, rung) runs once,
+    finished runs are kept, and the ladder completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_sweep import _wait_for_finished_children, runs_of
+
+    data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
+    data["budget"] = {"seconds": None, "samples": 18000, "eval_every": 0.5}
+    data["sweep"].update({"trials": 6, "concurrency": 2, "confirm_seeds": 0, "fidelity": "restart", "eta": 3,
+                          "min_budget": 2000})
+    space = write_yaml(tmp_path / "space.yaml", data)
+    cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_finished_children(tmp_path, 4, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    _, before = runs_of(tmp_path)
+    kept = {r.info.run_id for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
+    again = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, after = runs_of(tmp_path)
+    search = [r for r in after if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
+    ladder = [(r.data.tags["config"], r.data.tags["rung"]) for r in search]
+    assert len(ladder) == len(set(ladder))  # no configuration ran twice at one rung
+    assert sum(rung == "0" for _, rung in ladder) == 6 + 2 and any(rung == "2" for _, rung in ladder)
+    assert kept <= {r.info.run_id for r in search}  # what finished before the interrupt was kept

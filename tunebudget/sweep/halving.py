@@ -1,0 +1,151 @@
+"""Restart successive halving: the budget itself is the fidelity.
+
+Every trial is a complete run at its rung's budget, with the learning-rate schedule fitted to that
+budget (a budget-aware schedule decays to zero when its own budget ends): nothing is truncated, so
+a rung's values compare like with like. Rung budgets are ``B/eta^K, ..., B/eta, B`` for the
+per-trial budget ``B``. Promotion follows ASHA's rule (Li et al., 2020), asynchronously: whenever a
+slot is free, the best configuration in the top ``1/eta`` of the highest rung that has one not yet
+promoted goes up a rung; otherwise a new configuration starts at rung 0. A promoted configuration
+is retrained from scratch at the larger budget: a policy, not a checkpoint, is what is promoted.
+
+What Optuna learns: one study, told each new configuration's value at rung 0, where every
+configuration has a complete result at the same budget. Values of upper rungs are never told to it
+as if they were the same objective; they are in MLflow and decide the candidates for the
+confirmation stage. (BOHB models the largest rung with enough observations instead; on the sweeps
+this tool runs on a few cores, upper rungs hold a handful of configurations, too few for TPE, so
+such a model would be the rung-0 model nearly always.)
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any, Optional
+
+from ray.tune.search import Searcher
+
+#: The config key of a trial's fidelity: ``{"rung": k, "amount": budget, "config": id}``.
+FIDELITY = "fidelity"
+
+
+def rung_budgets(budget: float, eta: int, min_budget: float) -> list[float]:
+    """``[B/eta^K, ..., B/eta, B]`` with the smallest at least ``min_budget``."""
+    if not min_budget > 0 or min_budget > budget:
+        raise ValueError(f"min_budget must be in (0, {budget:g}] (got {min_budget:g})")
+    k = int(math.floor(math.log(budget / min_budget, eta) + 1e-9))
+    return [budget / eta ** (k - i) for i in range(k + 1)]
+
+
+class RestartHalving(Searcher):
+    """A Tune searcher running asynchronous successive halving with restarts over an Optuna study.
+
+    ``trials`` new configurations are sampled (after ``points``, the baselines, which start at
+    rung 0 like any configuration); the searcher finishes when every trial has ended and no
+    configuration can be promoted.
+    """
+
+    def __init__(self, space: Any, metric: str, mode: str, rungs: list[float], eta: int, trials: int,
+                 points: list[dict[str, Any]], sampler: Any, study_name: str, storage: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.rungs, self.eta, self.trials = space, list(rungs), eta, trials
+        self.points = [dict(p) for p in points]
+        self.sampler, self.study_name, self.storage = sampler, study_name, storage
+        self.results: list[dict[str, float]] = [{} for _ in rungs]  # rung -> config id -> value
+        self.promoted: list[set[str]] = [set() for _ in rungs]
+        self.params: dict[str, dict[str, Any]] = {}  # config id -> sampled parameters
+        self.optuna_number: dict[str, int] = {}  # config id -> its Optuna trial (rung 0)
+        self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config id, rung)
+        self.started = 0  # configurations started at rung 0
+        self.total = trials + len(points)
+        self._study: Any = None
+
+    # ---- Optuna --------------------------------------------------------------------------
+    @property
+    def study(self) -> Any:
+        if self._study is None:
+            import optuna
+
+            self._study = optuna.create_study(
+                study_name=self.study_name, storage=optuna.storages.RDBStorage(self.storage),
+                sampler=self.sampler, direction="maximize" if self.mode == "max" else "minimize",
+                load_if_exists=True)
+        return self._study
+
+    def _new_config(self) -> tuple[str, dict[str, Any]]:
+        point = self.points.pop(0) if self.points else None
+        if point is not None:
+            self.study.enqueue_trial(point, skip_if_exists=False)
+        trial = self.study.ask()
+        self.space.suggest(trial)
+        config_id = f"c{self.started}"
+        self.started += 1
+        self.optuna_number[config_id] = trial.number
+        return config_id, dict(trial.params)
+
+    # ---- ASHA's promotion rule -----------------------------------------------------------
+    def promotable(self) -> Optional[tuple[str, int]]:
+        """The configuration to promote now, and the rung it leaves (None: start a new one)."""
+        sign = 1 if self.mode == "max" else -1
+        for k in reversed(range(len(self.rungs) - 1)):
+            done = self.results[k]
+            top = sorted(done, key=lambda c: -sign * done[c])[: len(done) // self.eta]
+            for config_id in top:
+                if config_id not in self.promoted[k]:
+                    return config_id, k
+        return None
+
+    def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
+        promote = self.promotable()
+        if promote is not None:
+            config_id, k = promote
+            self.promoted[k].add(config_id)
+            rung = k + 1
+        elif self.started < self.total:
+            config_id, params = self._new_config()
+            self.params[config_id] = params
+            rung = 0
+        elif self.live:
+            return None  # wait: a running trial may make a configuration promotable
+        else:
+            return Searcher.FINISHED
+        self.live[trial_id] = (config_id, rung)
+        return {**self.params[config_id],
+                FIDELITY: {"rung": rung, "amount": self.rungs[rung], "config": config_id,
+                           "top": rung == len(self.rungs) - 1}}
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
+        if trial_id not in self.live:
+            return
+        config_id, rung = self.live.pop(trial_id)
+        value = (result or {}).get(self.metric) if not error else None
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and bool((result or {}).get("finished")) \
+            and not (result or {}).get("diverged") and not (result or {}).get("too_short")
+        if ok:
+            self.results[rung][config_id] = float(value)
+        if rung == 0 and config_id in self.optuna_number:
+            import optuna
+
+            number = self.optuna_number.pop(config_id)
+            if ok:
+                self.study.tell(number, float(value))
+            else:
+                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    # ---- resume ----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_study"] = None  # reloaded from its storage by name
+        return state
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__getstate__(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+def expected_trials(configs: int, eta: int, rungs: int) -> int:
+    """About how many trials a restart sweep of ``configs`` configurations runs (for progress)."""
+    return sum(max(1, configs // eta ** k) for k in range(rungs))

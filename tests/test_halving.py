@@ -115,21 +115,40 @@ def test_bad_fidelity_input_is_one_line(cli, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def restart_sweep(tmp_path_factory):
+    """One restart sweep, Ctrl-C'd once four search trials have finished, then resumed to the end."""
+    from test_sweep import interrupt_sweep, runs_of
+
     tmp = tmp_path_factory.mktemp("restart")
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
     data["budget"] = {"seconds": None, "samples": 9000, "eval_every": 0.5}
     data["sweep"].update({"trials": 7, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2,
                           "fidelity": "restart", "eta": 3, "min_budget": 1000})
     space = write_yaml(tmp / "space.yaml", data)
-    proc = run_cli("sweep", str(space), "--cpus-per-trial", "0.5", "--quiet", cwd=tmp, timeout=900)
-    return tmp, proc
+    interrupt_sweep(tmp, space, 4, "--cpus-per-trial", "0.5")
+    _, before = runs_of(tmp)
+    kept = {r.info.run_id for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
+    proc = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp, timeout=900)
+    return tmp, proc, kept
+
+
+def test_an_interrupted_restart_sweep_resumes_without_duplicates(restart_sweep):
+    """Every (configuration, rung) runs once, finished runs are kept, and the ladder completes."""
+    from test_sweep import runs_of
+
+    tmp, proc, kept = restart_sweep
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, after = runs_of(tmp)
+    search = [r for r in after if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
+    ladder = [(r.data.tags["config"], r.data.tags["rung"]) for r in search]
+    assert len(ladder) == len(set(ladder))  # no configuration ran twice at one rung
+    assert kept <= {r.info.run_id for r in search}  # what finished before the interrupt was kept
 
 
 def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
     import optuna
     from mlflow.tracking import MlflowClient
 
-    tmp, proc = restart_sweep
+    tmp, proc, _ = restart_sweep
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restart successive halving, eta 3, rungs 1000, 3000, 9000 samples" in proc.stdout
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
@@ -137,13 +156,12 @@ def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parent = next(r for r in runs if r.data.tags.get("tunebudget_role") == "sweep")
     assert parent.info.status == "FINISHED"
-    search = [r for r in runs if r.data.tags.get("stage") == "search"]
+    search = [r for r in runs if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
     rungs = [int(r.data.tags["rung"]) for r in search]
     assert rungs.count(0) == 7 + 2 and 3 <= rungs.count(1) < 9 and rungs.count(2) >= 1
     for r in search:  # each run is a complete run at its rung's budget
         budget = {0: 1000, 1: 3000, 2: 9000}[int(r.data.tags["rung"])]
         assert r.data.tags["rung_budget"] == f"{budget:g}" and float(r.data.params["budget.samples"]) == budget
-        assert r.info.status == "FINISHED"
         assert ("test_accuracy" in r.data.metrics) == (r.data.tags["rung"] == "2")  # test only where used
     confirm = [r for r in runs if r.data.tags.get("stage") == "confirm"]
     assert confirm and all(float(r.data.params["budget.samples"]) == 9000 for r in confirm)
@@ -156,41 +174,3 @@ def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
                               storage=f"sqlite:///{tmp / 'mlflow' / 'optuna.db'}")
     rung0 = sorted(r.data.metrics["val_accuracy"] for r in search if r.data.tags["rung"] == "0")
     assert sorted(t.value for t in study.trials) == pytest.approx(rung0)  # Optuna saw rung 0 only
-
-
-def test_an_interrupted_restart_sweep_resumes_without_duplicates(tmp_path):
-    """Ctrl-C in the middle of the rung ladder, then --resume: every (configuration, rung) runs once,
-    finished runs are kept, and the ladder completes."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from test_sweep import _wait_for_finished_children, runs_of
-
-    data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
-    data["budget"] = {"seconds": None, "samples": 18000, "eval_every": 0.5}
-    data["sweep"].update({"trials": 6, "concurrency": 2, "confirm_seeds": 0, "fidelity": "restart", "eta": 3,
-                          "min_budget": 2000})
-    space = write_yaml(tmp_path / "space.yaml", data)
-    cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_finished_children(tmp_path, 4, proc)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-3000:]
-    _, before = runs_of(tmp_path)
-    kept = {r.info.run_id for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
-    again = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp_path, timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    _, after = runs_of(tmp_path)
-    search = [r for r in after if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
-    ladder = [(r.data.tags["config"], r.data.tags["rung"]) for r in search]
-    assert len(ladder) == len(set(ladder))  # no configuration ran twice at one rung
-    assert sum(rung == "0" for _, rung in ladder) == 6 + 2 and any(rung == "2" for _, rung in ladder)
-    assert kept <= {r.info.run_id for r in search}  # what finished before the interrupt was kept

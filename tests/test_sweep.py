@@ -189,20 +189,26 @@ def _wait_for_finished_children(tmp: Path, n: int, proc: subprocess.Popen, timeo
     raise AssertionError("the sweep did not finish trials in time")
 
 
-def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
-    space = space_file(tmp_path, trials=6, samples=20000)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet",
-           "--confirm-seeds", "0"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupt_sweep(tmp: Path, space: Path, after: int, *flags: str) -> str:
+    """Start ``sweep SPACE --name resumable``, Ctrl-C it once ``after`` search trials have finished;
+    assert it stopped as interrupted (exit 130) and return its stderr."""
+    cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet", *flags]
+    proc = subprocess.Popen(cmd, cwd=tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_finished_children(tmp_path, 2, proc)
+        _wait_for_finished_children(tmp, after, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
+    return err
+
+
+def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
+    space = space_file(tmp_path, trials=6, samples=20000)
+    err = interrupt_sweep(tmp_path, space, 2, "--confirm-seeds", "0")
     assert "--resume" in err
     _, before = runs_of(tmp_path)
     finished_before = {r.data.tags["trial_id"]: r.info.run_id for r in before

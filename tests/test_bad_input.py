@@ -72,8 +72,10 @@ SPACE_ERRORS = [
      "'rs22' is not one of search.selection.strategy's choices"),
     (lambda d: d["search"]["selection.ratio"].__setitem__("when", {"seed": [7]}),
      "would never be sampled"),  # seed is not searched and is 0 in the base policy
-    (lambda d: d["search"]["selection.ratio"].__setitem__("when", {"training.lr": [5.0]}),
-     "no listed value is inside"),
+    (lambda d: d["search"]["selection.ratio"].__setitem__("when", {"training.lr": [0.1]}),
+     "searched float, which equals a listed value only by chance"),
+    (lambda d: d["search"]["selection.rerank_every"].__setitem__("step", 0.5), "whole-number step"),
+    (lambda d: d["search"]["training.lr"].update({"log": False, "step": 1e-300}), "steps between low and high"),
     (lambda d: d["budget"].__setitem__("seconds", float("inf")), "budget.seconds"),
     (lambda d: d["sweep"].__setitem__("metric", "val_acc"), "never reports 'val_acc'"),
     (lambda d: d["sweep"].__setitem__("metric", "val_mse"), "sweep.metric"),  # a classification task

@@ -5,6 +5,7 @@ the rank correlations between rungs."""
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 import yaml
@@ -115,7 +116,8 @@ def test_bad_fidelity_input_is_one_line(cli, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def restart_sweep(tmp_path_factory):
-    """One restart sweep, Ctrl-C'd once four search trials have finished, then resumed to the end."""
+    """One restart sweep, stopped by SIGTERM once four search trials have finished (as a batch
+    scheduler or `kill` would), then resumed to the end."""
     from test_sweep import interrupt_sweep, runs_of
 
     tmp = tmp_path_factory.mktemp("restart")
@@ -124,7 +126,7 @@ def restart_sweep(tmp_path_factory):
     data["sweep"].update({"trials": 7, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2,
                           "fidelity": "restart", "eta": 3, "min_budget": 1000})
     space = write_yaml(tmp / "space.yaml", data)
-    interrupt_sweep(tmp, space, 4, "--cpus-per-trial", "0.5")
+    interrupt_sweep(tmp, space, 4, "--cpus-per-trial", "0.5", sig=signal.SIGTERM)  # a scheduler's kill
     _, before = runs_of(tmp)
     kept = {r.info.run_id for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
     proc = run_cli("sweep", str(space), "--resume", "--name", "resumable", "--quiet", cwd=tmp, timeout=900)

@@ -189,20 +189,22 @@ def _wait_for_finished_children(tmp: Path, n: int, proc: subprocess.Popen, timeo
     raise AssertionError("the sweep did not finish trials in time")
 
 
-def interrupt_sweep(tmp: Path, space: Path, after: int, *flags: str) -> str:
-    """Start ``sweep SPACE --name resumable``, Ctrl-C it once ``after`` search trials have finished;
-    assert it stopped as interrupted (exit 130) and return its stderr."""
+def interrupt_sweep(tmp: Path, space: Path, after: int, *flags: str, sig: int = signal.SIGINT) -> str:
+    """Start ``sweep SPACE --name resumable``, send ``sig`` (Ctrl-C by default) once ``after`` search
+    trials have finished; assert it stopped as interrupted (exit 130, the resume command printed)
+    and return its stderr."""
     cmd = [sys.executable, "-m", "tunebudget", "sweep", str(space), "--name", "resumable", "--quiet", *flags]
     proc = subprocess.Popen(cmd, cwd=tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_finished_children(tmp, after, proc)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
+    assert "--resume --name resumable" in err and "SIGTERM received" not in err, err[-3000:]
     return err
 
 

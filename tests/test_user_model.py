@@ -175,3 +175,21 @@ def test_any_factory_trains_or_is_one_line(tmp_path_factory, params, body, raise
             assert result.status in ("completed", "diverged")
     finally:
         sys.path.remove(str(tmp))
+
+
+@pytest.mark.parametrize("hidden, fragment", [([-1], "task.model_options.hidden"), ("abc", "list of layer widths"),
+                                              (5, "list of layer widths"), ([10**9], "from 1 to 65536"),
+                                              ([0], "from 1 to 65536"), ([1.5], "whole numbers")])
+def test_built_in_model_widths_are_checked(cli, tmp_path, hidden, fragment):
+    proc = cli("train", str(write_yaml(tmp_path / "p.yaml", tiny_policy(task={"model_options": {"hidden": hidden}}))),
+               "--quiet")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+
+
+def test_user_code_that_exits_is_one_line(cli, models_on_path):
+    (models_on_path / "tb_exits.py").write_text(
+        "import sys\nfrom torch import nn\n\ndef quits(input_shape, num_outputs):\n    sys.exit(3)\n")
+    (models_on_path / "tb_exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    for spec, fragment in (("tb_exits:quits", "raised SystemExit: 3"), ("tb_exits_on_import:f", "SystemExit")):
+        proc = train(cli, models_on_path, spec)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr

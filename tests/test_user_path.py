@@ -128,3 +128,91 @@ def test_holding_out_most_of_the_data_is_refused(tmp_path, cli, val_size):
     proc = cli("train", str(write_yaml(tmp_path / "p.yaml", tiny_policy(task={"val_size": val_size}))), "--quiet")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "task.val_size" in proc.stderr and "more than half" in proc.stderr
+
+
+def test_outputs_write_through_links_and_devices(tmp_path, cli):
+    """--json /dev/null must not replace the device (it once did, as root); a link's target is
+    written, the link stays; files get 0666 less the umask, not 0600."""
+    import os
+    import stat
+
+    policy = write_yaml(tmp_path / "p.yaml", tiny_policy(budget={"samples": 1000}))
+    fifo_free_device = "/dev/null"
+    proc = cli("train", str(policy), "--quiet", "--json", fifo_free_device)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_ISCHR(os.stat(fifo_free_device).st_mode)
+    target = tmp_path / "real.json"
+    (tmp_path / "link.json").symlink_to(target)
+    proc = cli("train", str(policy), "--quiet", "--json", str(tmp_path / "link.json"))
+    assert proc.returncode == 0 and (tmp_path / "link.json").is_symlink() and target.is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_space_name_never_leaves_the_storage_path(tmp_path):
+    """The default sweep name comes from the space's `name`, which may hold '/', '..' or spaces."""
+    from tunebudget.sweep import SweepOptions, make_plan
+
+    for name in ("../../escape", "/tmp/abs_escape", "my sweep é", "x" * 300):
+        data = copy.deepcopy(DIGITS)
+        data["name"] = name
+        plan = make_plan(load_space(write_yaml(tmp_path / "s.yaml", data)), SweepOptions(storage_path=str(tmp_path)))
+        assert plan.root.parent == tmp_path and " " not in plan.name and len(plan.name) < 128, plan.name
+
+
+def test_corrupt_sweep_state_and_a_running_sweep_are_one_line(tmp_path, cli, monkeypatch):
+    from tunebudget.errors import TuneBudgetError
+    from tunebudget.sweep.resume import sweep_lock
+
+    monkeypatch.chdir(tmp_path)
+    space = str(ROOT / "search_spaces/digits_mlp.yaml")
+    for content in ("{not json", "[]"):
+        (tmp_path / "ray_results" / "broken").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ray_results" / "broken" / "tunebudget_sweep.json").write_text(content)
+        proc = cli("sweep", space, "--resume", "--name", "broken")
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "start a new" in proc.stderr, proc.stderr
+    with sweep_lock(tmp_path / "ray_results" / "busy"):  # another sweep of that name holds it
+        with pytest.raises(TuneBudgetError, match="a sweep of that name is running now"):
+            with sweep_lock(tmp_path / "ray_results" / "busy"):
+                pass
+
+
+@pytest.mark.parametrize("argv, fragment", [([], "required: COMMAND"), (["bogus"], "invalid choice"),
+                                            (["train", "x.yaml", "--budget", "abc"], "invalid float value"),
+                                            (["train", "x.yaml", "--json", ""], "--json: empty"),
+                                            (["ui", "--host", "bogus.invalid", "--port", "5999"], "--host bogus.invalid")])
+def test_command_line_errors_are_one_line(tmp_path, argv, fragment):
+    from conftest import run_cli
+
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(tiny_policy()))
+    proc = run_cli(*argv, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlflow").exists()
+
+
+def test_verbose_after_the_command_and_a_closed_stdout(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+
+    policy = write_yaml(tmp_path / "p.yaml", tiny_policy(budget={"samples": 1000}))
+    proc = run_cli("train", "-v", str(policy), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # `tunebudget train ... | head -0`: the reader is gone before the summary is printed
+    reader_gone = subprocess.run(f"{sys.executable} -m tunebudget train {policy} --quiet | true", shell=True,
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in reader_gone.stderr and "BrokenPipe" not in reader_gone.stderr, reader_gone.stderr
+
+
+def test_yaml_merge_keys_may_override(tmp_path):
+    text = ("defaults: &d {lr: 0.1, batch_size: 64}\n" + yaml.safe_dump(tiny_policy()).replace(
+        "training:\n  batch_size: 64\n  lr: 0.1\n", "training:\n  <<: *d\n  lr: 0.2\n"))
+    assert "<<: *d" in text
+    data = yaml.safe_load(text)
+    data.pop("defaults")
+    from tunebudget.policy import load_yaml_text
+
+    parsed = load_yaml_text(text)
+    assert parsed["training"] == {"lr": 0.2, "batch_size": 64}

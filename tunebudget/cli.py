@@ -63,6 +63,8 @@ def _train_policy(args: argparse.Namespace):
     if args.seed is not None:
         overrides["seed"] = args.seed
     if args.threads is not None:
+        if args.threads < 1:
+            raise TuneBudgetError(f"--threads: must be at least 1 (got {args.threads})")
         overrides["training.threads"] = args.threads
     return policy.with_overrides(overrides, source="--set/--budget/--seed") if overrides else policy
 
@@ -71,10 +73,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     policy = _train_policy(args)
     from tunebudget.util import check_writable_dir, write_output
 
+    if args.json == "":
+        raise TuneBudgetError("--json: empty; give a file path such as result.json, or leave --json out")
     if args.json:  # checked before training: a result that cannot be written is lost
         if Path(args.json).is_dir():
             raise TuneBudgetError(f"--json {args.json}: is a directory; give a file path such as result.json")
-        check_writable_dir(Path(args.json).resolve().parent, f"--json {args.json}")
+        if not (Path(args.json).exists() and not Path(args.json).is_file()):  # /dev/null needs no check
+            check_writable_dir(Path(args.json).resolve().parent, f"--json {args.json}")
     from tunebudget.progress import train_with_progress
 
     result = train_with_progress(policy, device=args.device, quiet=args.quiet)
@@ -205,7 +210,7 @@ def _add_sweep_commands(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tunebudget",
         description="Find the best way to train a network inside a fixed wall-clock budget, then train it that way.",
     )
@@ -226,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     _add_sweep_commands(sub)
-
+    for command in sub.choices.values():  # -v also after the command: `tunebudget train -v p.yaml`
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log debug messages; tracebacks of internal errors")
     return parser
 
 
@@ -244,6 +251,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tunebudget: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tunebudget ... | head`: the reader left; nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:  # a bug, not bad input: one line, the traceback with -v
+        if args.verbose:
+            raise
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"tunebudget: internal error: {type(exc).__name__}: {text} (run with -v for the traceback, "
+              "and report it)", file=sys.stderr)
+        return 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"tunebudget: error: {message} (see '{self.prog} --help')\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

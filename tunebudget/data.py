@@ -131,7 +131,7 @@ def find_fashion_mnist(root: str | None) -> Path:
     looked at (a wrong explicit path is an error, not a silent fallback)."""
     chosen = root or os.environ.get("TUNEBUDGET_DATA") or DEBIAN_FASHION_MNIST
     field = "task.root" if root else ("TUNEBUDGET_DATA" if os.environ.get("TUNEBUDGET_DATA") else "task.root")
-    d = Path(chosen)
+    d = Path(chosen).expanduser()
     missing = [f for f in FASHION_MNIST_FILES.values() if not (d / f).is_file()]
     if missing:
         raise TuneBudgetError(
@@ -221,7 +221,9 @@ def _torchvision(task: TaskSpec, seed: int) -> tuple[np.ndarray, ...]:
             f"task.root: {task.dataset} needs a local directory with the data set "
             "(tunebudget never downloads); set task.root"
         )
-    root = Path(task.root)
+    root = Path(task.root).expanduser()
+    if root.is_file():
+        raise TuneBudgetError(f"task.root: {root} is a file; point it at the directory holding the {task.dataset} data")
     if not root.is_dir():
         raise TuneBudgetError(f"task.root: directory {root} does not exist; point it at the {task.dataset} data")
     try:
@@ -315,7 +317,7 @@ def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         out = factory(**task.data_options)
     except TuneBudgetError:
         raise
-    except Exception as exc:  # the user's code failed: one line, the traceback under -v
+    except (Exception, SystemExit) as exc:  # the user's code failed: one line, the traceback under -v
         log.debug("task.dataset %s raised", spec, exc_info=True)
         raise TuneBudgetError(f"task.dataset: {spec} raised {type(exc).__name__}: {_first_line(exc)}; fix the "
                               "factory or its task.data_options (run with -v for the traceback)") from exc
@@ -415,7 +417,7 @@ def _read_dataset(ds: Any, name: str, spec: str) -> tuple[np.ndarray, np.ndarray
     for i in range(len(ds)):
         try:
             item = ds[i]
-        except Exception as exc:  # the user's Dataset failed: one line, the traceback under -v
+        except (Exception, SystemExit) as exc:  # the user's Dataset failed: one line, the traceback under -v
             log.debug("task.dataset %s: %s[%d] raised", spec, name, i, exc_info=True)
             raise TuneBudgetError(f"task.dataset: {spec}: {name}[{i}] raised {type(exc).__name__}: "
                                   f"{_first_line(exc)}; fix the Dataset's __getitem__ (run with -v for the "

@@ -111,9 +111,8 @@ def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = N
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
         raise TuneBudgetError(f"--tracking-uri {uri}: is a tracking server already; open it in a browser instead")
     db = sqlite_file(uri)
-    if db is not None and not db.parent.is_dir() and uri == resolve_uri(None) and not tracking_uri:
-        db.parent.mkdir(parents=True)  # the default store before any sweep: serve it empty
-    if db is not None and not db.parent.is_dir():
+    default_store = db is not None and uri == resolve_uri(None) and not tracking_uri
+    if db is not None and not db.parent.is_dir() and not default_store:
         raise TuneBudgetError(f"--tracking-uri {uri}: no directory {db.parent}; check the path")
     if is_local(uri) and not uri.startswith("sqlite") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() \
             not in ("true", "1"):
@@ -122,9 +121,14 @@ def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = N
     try:
         with socket.create_server((host, port)):
             pass
+    except socket.gaierror as exc:
+        raise TuneBudgetError(f"--host {host}: not an address of this machine ({exc.strerror or exc}); use "
+                              "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)") from None
     except OSError as exc:
         raise TuneBudgetError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
                               "pick another port with --port") from None
+    if default_store and not db.parent.is_dir():
+        db.parent.mkdir(parents=True)  # the default store before any sweep: serve it empty
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--workers", "1"]
     root = artifact_root(uri)

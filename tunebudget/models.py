@@ -92,7 +92,7 @@ def _import_factory(spec: str, field: str = "task.model") -> Callable[..., Any]:
     fix = IMPORT_FIX
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # not found, or the user's module failed while being imported
+    except (Exception, SystemExit) as exc:  # not found, or the user's module failed (or exited) while imported
         parts = module_name.split(".")
         not_found = isinstance(exc, ModuleNotFoundError) and exc.name in {
             ".".join(parts[: i + 1]) for i in range(len(parts))}
@@ -129,8 +129,34 @@ def build_model(task: TaskSpec, input_shape: Sequence[int], num_outputs: int) ->
             f"valid options are {', '.join(known) or 'none'}"
         )
     if task.model in BUILTIN:
-        return factory(tuple(input_shape), num_outputs, **task.model_options)
+        _check_widths(task.model, task.model_options)
+        try:
+            return factory(tuple(input_shape), num_outputs, **task.model_options)
+        except (RuntimeError, MemoryError) as exc:  # e.g. an allocation far beyond this machine's memory
+            raise TuneBudgetError(f"task.model_options: {task.model} with {task.model_options} and {num_outputs} "
+                                  f"outputs cannot be built ({type(exc).__name__}: {_first_line(exc)}); use smaller "
+                                  "widths") from None
     return _user_model(task.model, factory, tuple(input_shape), num_outputs, task.model_options)
+
+
+#: The built-in models' width options: a list of widths (mlp hidden) or one width.
+_WIDTHS = {("mlp", "hidden"): "list", ("cnn", "width"): "one", ("cnn", "hidden"): "one"}
+_MAX_WIDTH = 65536
+
+
+def _check_widths(model: str, options: dict[str, Any]) -> None:
+    """Widths are whole numbers from 1 to 65536 (a negative, fractional or 1e9-wide layer is an
+    error here, not a torch traceback or an attempt to allocate hundreds of GB)."""
+    def ok(w: Any) -> bool:
+        return isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= _MAX_WIDTH
+
+    for name, value in options.items():
+        kind = _WIDTHS.get((model, name))
+        if kind == "list" and not (isinstance(value, list) and all(ok(w) for w in value)):
+            raise TuneBudgetError(f"task.model_options.{name}: {value!r}; give a list of layer widths, whole "
+                                  f"numbers from 1 to {_MAX_WIDTH} (e.g. [256, 128]; [] for none)")
+        if kind == "one" and not ok(value):
+            raise TuneBudgetError(f"task.model_options.{name}: {value!r}; give a whole number from 1 to {_MAX_WIDTH}")
 
 
 def _user_model(spec: str, factory: Callable[..., Any], input_shape: tuple[int, ...], num_outputs: int,
@@ -144,7 +170,7 @@ def _user_model(spec: str, factory: Callable[..., Any], input_shape: tuple[int, 
                               f"**model_options) ({exc}); give it those parameters") from None
     try:
         model = factory(input_shape, num_outputs, **options)
-    except Exception as exc:  # noqa: BLE001 - the user's code: report it, do not crash
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code: report it, do not crash (or exit)
         raise TuneBudgetError(f"task.model: {spec}{input_shape, num_outputs} raised {type(exc).__name__}: "
                               f"{_first_line(exc)}; fix the factory") from None
     if not isinstance(model, nn.Module):

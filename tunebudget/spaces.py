@@ -75,6 +75,11 @@ class ParamSpec(_Strict):
             raise ValueError(f"low: a log-scale range needs low > 0 (got {self.low})")
         if self.step is not None and (self.step <= 0 or self.log):
             raise ValueError("step: must be > 0 and cannot be combined with log")
+        if self.step is not None and self.type == "int" and not (isinstance(self.step, int) and self.step >= 1):
+            raise ValueError(f"step: an int parameter needs a whole-number step of at least 1 (got {self.step})")
+        if self.step is not None and not 1 <= (self.high - self.low) / self.step <= 1e6:
+            raise ValueError(f"step: {self.step} gives {(self.high - self.low) / self.step:.3g} steps between low "
+                             "and high; use a step that gives 1 to 1,000,000 of them")
         return self
 
 
@@ -266,6 +271,9 @@ def _check_when_values(path: str, name: str, key: str, values: list[Any], base_v
             raise TuneBudgetError(f"{where}: {key} is not searched and is {base_value!r} in the base policy, so "
                                   f"{name} would never be sampled; list {base_value!r} or search {key}")
         return
+    if searched.type == "float":
+        raise TuneBudgetError(f"{where}: {key} is a searched float, which equals a listed value only by chance, so "
+                              f"{name} would almost never be sampled; condition on a categorical or int parameter")
     if searched.type == "categorical":
         unknown = [v for v in values if v not in (searched.choices or [])]
         if unknown:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,15 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import policy_from_dict, read_yaml
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
 from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, make_plan, trial_slots
 from tunebudget.sweep.preflight import preflight
-from tunebudget.sweep.resume import as_json, resume_plan, save_state
+from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
     SweepInterrupted,
     collect_confirm,
+    fail_parent,
     pick_candidates,
     refuse_failed,
     refuse_untrained,
@@ -82,7 +85,13 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
     # stages too (Tuner.restore brings back the callbacks of _run_config, not this setting).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     INTERRUPTED.clear()
+    previous_term = _sigterm_as_interrupt()
+    lock = contextlib.ExitStack()
     try:
+        lock.enter_context(sweep_lock(plan.root))
+        if not opts.resume and read_state(plan.root) is not None:
+            raise TuneBudgetError(f"--name {plan.name}: a sweep of that name exists under {plan.storage}; continue "
+                                  "it with --resume, or give another --name")
         from tunebudget.cluster import check_shared_storage
 
         check_shared_storage(plan.storage)
@@ -98,8 +107,48 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
             for note in notes:
                 err_console.print(note, highlight=False, soft_wrap=True)
         return _stages(plan, space, tracker, ids, state, opts)
+    except KeyboardInterrupt:  # a second Ctrl-C, or SIGTERM outside a stage: still resumable once started
+        if state:
+            raise SweepInterrupted(plan.name) from None
+        raise
+    except (TuneBudgetError, SweepInterrupted):
+        raise
+    except Exception as exc:  # a bug or a failure nobody foresaw: the parent run says so, not RUNNING
+        if state and state.get("stage") not in ("finished", "failed"):
+            with contextlib.suppress(Exception):
+                fail_parent(plan, tracker, {"parent_id": state["parent_id"]},
+                            f"stopped by {type(exc).__name__}: {str(exc)[:200]}")
+        raise
     finally:
+        lock.close()
+        _restore_sigterm(previous_term)
         ray.shutdown()
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (a scheduler or `kill`) stops the sweep as Ctrl-C does: resumable, with the command
+    printed, instead of Ray's crash dump and runs left RUNNING."""
+    import signal
+
+    def interrupt(sig: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)  # Tune's (and the callback's) during a stage
+        if callable(handler) and handler not in (signal.default_int_handler,):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], state: dict[str, Any],

@@ -100,6 +100,13 @@ def _pick(flag: Any, default: Any) -> Any:
 _SWEEP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
+def _safe_name(text: str) -> str:
+    """A space's ``name`` as one safe directory name (it may hold '/', '..' or spaces): the
+    default sweep name never leaves --storage-path."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".-")[:100]
+    return safe or "sweep"
+
+
 def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     """Resolve the command line against the space's ``sweep`` section; check every value."""
     sw = space.sweep
@@ -129,11 +136,15 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
                               "with local file operations); use a directory on storage every node mounts (e.g. NFS)")
     storage = Path(raw).expanduser().resolve()
     if opts.name is not None and not _SWEEP_NAME.fullmatch(opts.name):
-        raise TuneBudgetError(f"--name {opts.name!r}: a sweep name is one directory under --storage-path: use "
-                              "letters, digits, '.', '_' and '-' (no '/', spaces or leading dot), e.g. --name lr-sweep-1")
+        long = f" of at most 128 characters (got {len(opts.name)})" if len(opts.name) > 128 else ""
+        raise TuneBudgetError(f"--name {opts.name[:60]!r}: a sweep name is one directory under --storage-path{long}: "
+                              "use letters, digits, '.', '_' and '-' (no '/', spaces or leading dot), "
+                              "e.g. --name lr-sweep-1")
+    if opts.experiment is not None and len(opts.experiment) > 500:
+        raise TuneBudgetError(f"--experiment: {len(opts.experiment)} characters; MLflow takes at most 500")
     if opts.experiment is not None and not opts.experiment.strip():
         raise TuneBudgetError("--experiment: empty; give an MLflow experiment name, or leave it out for the space's name")
-    name = opts.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = opts.name or f"{_safe_name(space.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
     fidelity, eta, rungs = _fidelity(base, sw, opts, scheduler=_pick(opts.scheduler, sw.scheduler))

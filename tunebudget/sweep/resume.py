@@ -5,12 +5,13 @@ saved plan, refused when the space or a flag would change what the sweep is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import read_yaml
@@ -33,8 +34,34 @@ def save_state(plan: Plan, **fields: Any) -> dict[str, Any]:
 
 
 def read_state(root: Path) -> Optional[dict[str, Any]]:
+    """The sweep's saved state (None if there is none); a file that is not one is a one-line error."""
     path = Path(root) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TuneBudgetError(f"--resume: {path} cannot be read as a sweep's state ({exc}); the sweep cannot be "
+                              "resumed: start a new one (its finished trials stay in MLflow)") from None
+    if not isinstance(state, dict) or not isinstance(state.get("plan"), dict):
+        raise TuneBudgetError(f"--resume: {path} is not a sweep's state (no plan in it); start a new sweep")
+    return state
+
+
+@contextlib.contextmanager
+def sweep_lock(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.lock`` while the sweep runs: a second sweep (or resume) of the same name fails
+    in one line instead of sharing its Tune directory and Optuna study."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TuneBudgetError(f"--name {root.name}: a sweep of that name is running now (it holds "
+                                  f"{root / '.lock'}); wait for it, or give another --name") from None
+        yield
 
 
 def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
@@ -46,7 +73,12 @@ def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
         return root
     candidates = []
     for state_file in storage.glob(f"*/{STATE_FILE}"):
-        state = json.loads(state_file.read_text())
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not a readable state: not a sweep to resume
+        if not isinstance(state, dict) or not isinstance(state.get("plan"), dict):
+            continue
         if state.get("plan", {}).get("base", {}).get("name") == space_name and \
                 state.get("stage") not in ("finished", "failed"):
             candidates.append(state_file.parent)

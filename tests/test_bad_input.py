@@ -218,7 +218,8 @@ def test_a_budget_too_small_to_train_is_refused(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "optimizer step" in proc.stderr, proc.stderr
     assert not (tmp_path / "r.json").exists()
 
-    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--budget", "0.0001", "--trials", "1",
+    # 1000 trials: the search stops once the first four have all trained too little (in seconds, not hours)
+    proc = run_cli("sweep", str(ROOT / "search_spaces/digits_mlp.yaml"), "--budget", "0.0001", "--trials", "1000",
                    "--confirm-seeds", "0", "--name", "tiny", "--quiet", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "every trial was too short" in proc.stderr, proc.stderr

@@ -11,6 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from ray.tune.stopper import Stopper
+
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
@@ -66,13 +68,34 @@ def _trainable(plan: Plan) -> Any:
     return tune.with_resources(fn, {"cpu": plan.cpus, "gpu": plan.gpus})
 
 
+#: The search stops when this many trials have finished and every one trained too few steps: the
+#: budget is too small for the task, and the rest of the trials would say the same.
+UNTRAINED_AFTER = 4
+
+
+class _StopIfUntrainable(Stopper):
+    """A Tune stopper: stop everything once the first UNTRAINED_AFTER finished trials all trained
+    under MIN_STEPS steps (see refuse_untrained, which then ends the sweep in one line)."""
+
+    def __init__(self) -> None:
+        self.finished: list[bool] = []
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if result.get("finished"):
+            self.finished.append(bool(result.get("too_short")))
+        return False
+
+    def stop_all(self) -> bool:
+        return len(self.finished) >= UNTRAINED_AFTER and all(self.finished)
+
+
 def _run_config(plan: Plan, stage: str, callback: SweepCallback) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
+    stopper = _StopIfUntrainable() if stage == "search" else None
     # CSV and JSON loggers by name: the result grid's metric histories are read from them (Tune's
     # automatic loggers are off, see run_sweep)
-    return tune.RunConfig(name=stage, storage_path=str(plan.root), verbose=0,
+    return tune.RunConfig(name=stage, storage_path=str(plan.root), verbose=0, stop=stopper,
                           callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 

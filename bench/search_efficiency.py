@@ -1,24 +1,27 @@
-"""Does restart successive halving find a better policy than full-budget search at equal wall time?
+"""Does restart successive halving find a better policy than full-budget search for the same compute?
 
-Each method runs a real sweep (local Ray, a throw-away sqlite MLflow store) of the same space with
-the same per-trial budget and the same search-stage wall time (``--search-time``: Tune stops the
-search there; trials still running are killed and never count), then the usual confirmation stage
-(the top searched policy and the baselines, ``--confirm-seeds`` fresh seeds each, at the full
-budget). Methods:
+Each method runs a real sweep (local Ray, a throw-away sqlite MLflow store) of the same space, the
+same base policy and the same per-trial budget, then the usual confirmation stage (the top searched
+policy and the baselines, ``--confirm-seeds`` fresh seeds each, at the full budget). The headline
+is deterministic: budgets are sample passes (``--samples`` per trial), and the methods get the same
+expected search compute: ``--trials`` full-budget trials (plus the baselines) for the full-budget
+methods; for restart, as many configurations as the same number of sample passes buys with rungs
+``B/eta^2, B/eta, B`` (each rung runs 1/eta of the one below: (K+1) B/eta^K per configuration).
+Every sweep's actual Σ sample passes and wall time are reported next to it. Methods:
 
 * ``random_full``: random search, every trial at the full budget;
 * ``tpe_full``: TPE at the full budget (the default sweep);
-* ``tpe_restart``: TPE over restart successive halving (rungs budget/eta^2, budget/eta, budget).
+* ``tpe_restart``: TPE over restart successive halving.
 
-Reported per method, mean ± std over ``--seeds`` sweep seeds: the confirmed best (the best searched
-policy's confirmed mean validation metric, and its test accuracy), how many policies were tried, and
-the search wall time at which a full-budget trial first reached ``--target``; for restart sweeps also
-the rank correlations between rungs (does a short budget predict the long one?).
+Reported per method, mean ± std over ``--seeds`` paired sweep seeds: the confirmed best (the best
+searched policy's confirmed mean validation metric, and its test accuracy), policies tried, search
+sample passes and wall seconds, and the search sample passes spent before a full-budget trial first
+reached ``--target``; for restart sweeps the rank correlations between rungs.
 
 Usage:
     python bench/search_efficiency.py                                   # clean Fashion-MNIST CNN, 3 seeds
     python bench/search_efficiency.py --space search_spaces/fashion_mnist_noisy.yaml
-    python bench/search_efficiency.py --budget 6 --search-time 60 --seeds 1   # a quick look
+    python bench/search_efficiency.py --samples 10000 --trials 4 --seeds 1   # a quick look
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ METHODS = {
 }
 
 
-def one_sweep(space_path: str, method: str, seed: int, args: argparse.Namespace) -> dict:
+def one_sweep(space_path: Path, method: str, seed: int, configs: int, args: argparse.Namespace) -> dict:
     from mlflow.tracking import MlflowClient
 
     from tunebudget.spaces import load_space
@@ -56,9 +59,8 @@ def one_sweep(space_path: str, method: str, seed: int, args: argparse.Namespace)
         try:
             t0 = time.time()
             outcome = run_sweep(space, SweepOptions(
-                trials=10_000, budget=args.budget, concurrency=args.concurrency, seed=seed, quiet=True,
-                confirm_top=1, confirm_seeds=args.confirm_seeds, name=f"{method}-{seed}",
-                search_seconds=args.search_time, eta=args.eta, **METHODS[method]))
+                trials=configs, concurrency=args.concurrency, seed=seed, quiet=True, confirm_top=1,
+                confirm_seeds=args.confirm_seeds, name=f"{method}-{seed}", eta=args.eta, **METHODS[method]))
             wall = time.time() - t0
             client = MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow' / 'mlflow.db'}")
             exp = client.get_experiment_by_name(outcome.experiment).experiment_id
@@ -71,24 +73,26 @@ def one_sweep(space_path: str, method: str, seed: int, args: argparse.Namespace)
     top1 = next((c for c in outcome.candidates if c.name == "top1"), None)
     confirm = [r for r in runs if r.data.tags.get("candidate") == "top1"]
     metric = parent.data.tags["metric"]
-    start = min(r.info.start_time for r in search) if search else 0
     rungs = {int(r.data.tags["rung"]) for r in search if "rung" in r.data.tags}
-    full = [r for r in search if not rungs or r.data.tags.get("rung") == str(max(rungs))]  # the full budget
-    reached = next(((r.info.end_time - start) / 1000 for r in full
-                    if r.data.metrics.get(metric, -math.inf) >= args.target), None)
-    return {"method": method, "seed": seed, "wall": wall, "configs": len({r.data.tags.get("config") or r.info.run_id
-                                                                           for r in search}),
-            "trials": len(search), "confirmed": top1.mean if top1 and top1.values else None,
+    spent, reached = 0.0, None
+    for r in search:  # in the order trials ended: passes spent until a full-budget trial reached the target
+        spent += r.data.metrics.get("sample_passes_charged", 0.0)
+        full = not rungs or r.data.tags.get("rung") == str(max(rungs))
+        if reached is None and full and r.data.metrics.get(metric, -math.inf) >= args.target:
+            reached = spent
+    return {"method": method, "seed": seed, "wall": wall, "search_wall": parent.data.metrics.get("search_wall_seconds"),
+            "passes": sum(r.data.metrics.get("sample_passes_charged", 0.0) for r in search),
+            "configs": len({r.data.tags.get("config") or r.info.run_id for r in search}), "trials": len(search),
+            "confirmed": top1.mean if top1 and top1.values else None,
             "test": statistics.fmean(r.data.metrics["test_accuracy"] for r in confirm) if confirm else None,
-            "reached": reached,
-            "rank": {k: v for k, v in parent.data.metrics.items() if k.startswith("rank_")}}
+            "reached": reached, "rank": {k: v for k, v in parent.data.metrics.items() if k.startswith("rank_")}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default=str(ROOT / "search_spaces/fashion_mnist_cnn.yaml"))
-    ap.add_argument("--budget", type=float, default=10.0, help="per-trial budget, seconds (default 10)")
-    ap.add_argument("--search-time", type=float, default=120.0, help="search-stage wall seconds per sweep")
+    ap.add_argument("--samples", type=float, default=30000, help="per-trial budget in sample passes (default 30000)")
+    ap.add_argument("--trials", type=int, default=9, help="full-budget searched trials (default 9, + the baselines)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=2)
@@ -101,12 +105,23 @@ def main() -> int:
     from tunebudget.cli import quiet_libraries
 
     quiet_libraries(False)
+    import yaml
+
+    data = yaml.safe_load(Path(args.space).read_text())
+    data["budget"] = {**data.get("budget", {}), "seconds": None, "samples": args.samples}
+    n_base = len(data.get("baselines") or [])
+    rungs = 3  # B/eta^2, B/eta, B (the default min_budget)
+    restart_configs = round((args.trials + n_base) * args.eta ** (rungs - 1) / rungs) - n_base
     results = []
-    for seed in range(args.seeds):  # paired: every method sees the same sweep seeds
-        for method in args.methods.split(","):
-            r = one_sweep(args.space, method, seed, args)
-            results.append(r)
-            print(json.dumps(r), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as spaces:
+        space = Path(spaces) / Path(args.space).name
+        space.write_text(yaml.safe_dump(data, sort_keys=False))
+        for seed in range(args.seeds):  # paired: every method sees the same sweep seeds
+            for method in args.methods.split(","):
+                configs = restart_configs if METHODS[method]["fidelity"] == "restart" else args.trials
+                r = one_sweep(space, method, seed, configs, args)
+                results.append(r)
+                print(json.dumps(r), file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -116,19 +131,20 @@ def main() -> int:
             return "—"
         return f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
-    print(f"# search efficiency: {Path(args.space).stem}, {args.budget:g} s per trial, {args.search_time:g} s of "
-          f"search per sweep, {args.concurrency} concurrent, {args.seeds} sweep seeds\n")
-    print(f"| method | confirmed best (val) | its test accuracy | policies tried | trials | "
-          f"search s to reach {args.target:g} at full budget |")
-    print("|---|---|---|---|---|---|")
+    print(f"# search efficiency: {Path(args.space).stem}, {args.samples:g} sample passes per trial, "
+          f"{args.trials} + {n_base} full-budget trials or {restart_configs} + {n_base} restart configurations "
+          f"(eta {args.eta}), {args.concurrency} concurrent, {args.seeds} paired sweep seeds\n")
+    print(f"| method | confirmed best (val) | its test accuracy | policies tried | trials | search passes (M) | "
+          f"search wall s | passes (M) until a full-budget trial reached {args.target:g} |")
+    print("|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         rs = [r for r in results if r["method"] == method]
-        reached = [r["reached"] for r in rs]
-        hit = [x for x in reached if x is not None]
-        when = f"{statistics.median(hit):.0f} ({len(hit)}/{len(rs)} reached)" if hit else f"never (0/{len(rs)})"
+        hit = [r["reached"] / 1e6 for r in rs if r["reached"] is not None]
+        when = f"{statistics.median(hit):.2f} ({len(hit)}/{len(rs)})" if hit else f"never (0/{len(rs)})"
         print(f"| {method} | {ms([r['confirmed'] for r in rs])} | {ms([r['test'] for r in rs])} | "
               f"{statistics.fmean(r['configs'] for r in rs):.1f} | {statistics.fmean(r['trials'] for r in rs):.1f} | "
-              f"{when} |")
+              f"{statistics.fmean(r['passes'] for r in rs) / 1e6:.2f} | "
+              f"{statistics.fmean(r['search_wall'] or 0 for r in rs):.0f} | {when} |")
     restart = [r for r in results if r["rank"]]
     if restart:
         print("\nRank correlations between rungs (restart sweeps; Spearman / Kendall, shared policies):\n")

@@ -42,6 +42,8 @@ def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
     if fidelity:  # a rung of restart successive halving: the whole policy, at the rung's budget
         kind = "samples" if base["budget"]["seconds"] is None else "seconds"
         params[f"budget.{kind}"] = float(fidelity["amount"])
+        if not fidelity.get("top"):  # a lower rung's value is its final validation: no periodic ones
+            params["budget.eval_every"] = 1.0
     return policy_from_dict(base, "search space").with_overrides(params, source="trial parameters")
 
 

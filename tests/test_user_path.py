@@ -216,3 +216,15 @@ def test_yaml_merge_keys_may_override(tmp_path):
 
     parsed = load_yaml_text(text)
     assert parsed["training"] == {"lr": 0.2, "batch_size": 64}
+
+
+def test_the_repository_tracks_no_generated_files():
+    """A fresh clone must not bring MLflow or Ray output with it (mlruns/ once did, 40 files)."""
+    import shutil
+    import subprocess
+
+    if not (ROOT / ".git").exists() or not shutil.which("git"):
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "mlruns", "ray_results", "mlflow"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked == ["mlflow/README.md"], tracked

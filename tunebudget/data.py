@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import inspect
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.models import _first_line, _import_factory
+from tunebudget.models import _first_line, _import_factory, check_options
 from tunebudget.policy import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -312,7 +311,7 @@ def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     """
     spec = task.dataset
     factory = _import_factory(spec, "task.dataset")
-    _check_data_options(factory, task)
+    check_options(factory, task.data_options, "task.data_options", f"data set {task.dataset}")
     try:
         out = factory(**task.data_options)
     except TuneBudgetError:
@@ -356,24 +355,6 @@ def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
             raise TuneBudgetError(f"task.dataset: {spec} returned labels of one class only; a classification "
                                   "task needs two or more (or set task.kind: regression)")
     return xtr, ytr, xte, yte, num_classes
-
-
-def _check_data_options(factory: Callable[..., Any], task: TaskSpec) -> None:
-    """``task.data_options`` against the factory's keyword parameters (as build_model checks model options)."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # no signature to check against (a builtin, say): the call will tell
-        return
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    bad = [k for k in task.data_options if k not in known]
-    if bad and not takes_kwargs:
-        raise TuneBudgetError(f"task.data_options: unknown option {bad[0]!r} for data set {task.dataset}; "
-                              f"valid options are {', '.join(known) or 'none'}")
-    missing = [n for n in known if params[n].default is params[n].empty and n not in task.data_options]
-    if missing:
-        raise TuneBudgetError(f"task.data_options: data set {task.dataset} needs option {missing[0]!r} (it has "
-                              f"no default); set task.data_options.{missing[0]}")
 
 
 def _num_classes(value: Any, spec: str) -> int | None:

@@ -116,18 +116,31 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
+def check_options(factory: Callable[..., Any], options: dict[str, Any], field: str, owner: str,
+                  skip: int = 0) -> None:
+    """``options`` against the keyword parameters of ``factory`` after its first ``skip`` (a model
+    factory's input_shape and num_outputs): an unknown name (unless it takes ``**kwargs``) or a
+    missing required one is a one-line error naming ``field``. Shared by model and data options."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[skip:]
+    except (TypeError, ValueError):  # no signature to check against (a builtin, say): the call will tell
+        return
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    bad = [k for k in options if k not in known]
+    if bad and not takes_kwargs:
+        raise TuneBudgetError(f"{field}: unknown option {bad[0]!r} for {owner}; valid options are "
+                              f"{', '.join(known) or 'none'}")
+    missing = [p.name for p in params if p.name in known and p.default is p.empty and p.name not in options]
+    if missing:
+        raise TuneBudgetError(f"{field}: {owner} needs option {missing[0]!r} (it has no default); "
+                              f"set {field}.{missing[0]}")
+
+
 def build_model(task: TaskSpec, input_shape: Sequence[int], num_outputs: int) -> nn.Module:
     """Build the task's model; unknown options are a clear error, not a TypeError."""
     factory = BUILTIN.get(task.model) or _import_factory(task.model)
-    params = inspect.signature(factory).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    known = [n for n in list(params)[2:] if params[n].kind is not params[n].VAR_KEYWORD]
-    bad = [k for k in task.model_options if k not in known]
-    if bad and not takes_kwargs:
-        raise TuneBudgetError(
-            f"task.model_options: unknown option {bad[0]!r} for model {task.model}; "
-            f"valid options are {', '.join(known) or 'none'}"
-        )
+    check_options(factory, task.model_options, "task.model_options", f"model {task.model}", skip=2)
     if task.model in BUILTIN:
         _check_widths(task.model, task.model_options)
         try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -143,6 +143,8 @@ class SearchSpace:
     sweep: SweepSpec
     baselines: list[BaselineSpec]
     file_hash: str
+    #: The file as parsed: what a sweep's state records, and what --resume compares it with.
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -341,7 +343,7 @@ def load_space(path: Union[str, os.PathLike[str]]) -> SearchSpace:
     _check_param_names(p, base, params)
     params = _sampling_order(p, params)
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-    space = SearchSpace(p, base, params, sweep, baselines, digest)
+    space = SearchSpace(p, base, params, sweep, baselines, digest, data)
     _check_baselines(space)
     space.baseline_points()  # every baseline must be a point of the space
     _check_draws(space)

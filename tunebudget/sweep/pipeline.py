@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import policy_from_dict, read_yaml
+from tunebudget.policy import policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
 from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, make_plan, trial_slots
@@ -98,7 +98,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         if not state:
             with tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
                 ids = start_parent(tracker, plan, space, resources)
-            state = save_state(plan, stage="search", space=as_json(read_yaml(space.path)), **ids)
+            state = save_state(plan, stage="search", space=as_json(space.raw), **ids)
         ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
         state["slots"] = trial_slots(plan, resources)
         notes = [n for n in (capacity_note(plan, resources), idle_round_note(plan, len(space.baselines), resources))

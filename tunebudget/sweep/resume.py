@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import read_yaml
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.plan import Plan, SweepOptions, make_plan
 from tunebudget.util import atomic_write_text
@@ -115,7 +114,7 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
                               "start a new sweep without --resume")
     saved = state.get("space")
     if saved is not None:
-        changed = _first_difference(saved, as_json(read_yaml(space.path)))
+        changed = _first_difference(saved, as_json(space.raw))
         if changed:
             raise TuneBudgetError(
                 f"--resume: {space.path} changed since sweep {plan.name} started ({changed}); restore it, "

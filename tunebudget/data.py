@@ -531,7 +531,8 @@ def standardise(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.T
     """
     mean = x.mean(dim=dims, keepdim=True)
     std = x.std(dim=dims, keepdim=True) if x.numel() > x[0].numel() else torch.zeros_like(mean)
-    size = x.abs().amax(dim=dims, keepdim=True)
+    # max |x| as max(max, -min): x.abs() would copy the whole split (0.65 s on Fashion-MNIST's 55k images)
+    size = torch.maximum(x.amax(dim=dims, keepdim=True), -x.amin(dim=dims, keepdim=True))
     constant = ~(std > 1e-5 * size)  # NaN-safe; 0 <= 0 for an all-zero feature
     return mean, torch.where(constant, torch.ones_like(std), std)
 

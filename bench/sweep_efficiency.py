@@ -16,7 +16,7 @@ Usage:
     python bench/sweep_efficiency.py                          # the space's 17 + 3 baselines x 20 s, 2 concurrent
     python bench/sweep_efficiency.py --trials 9               # a shorter sweep: 6 rounds
     python bench/sweep_efficiency.py --trials 4 --budget 10   # quicker
-    python bench/sweep_efficiency.py --fidelity restart --trials 18 --budget 18   # rungs of 2, 6, 18 s
+    python bench/sweep_efficiency.py --fidelity restart --trials 9 --budget 18    # rungs of 2, 6, 18 s, the compute of 12 x 18 s
 """
 
 from __future__ import annotations
@@ -85,6 +85,16 @@ def main() -> int:
     rest = [span - sum(r.data.metrics.get(k, 0.0) for k in ("train_seconds", "eval_seconds", "test_seconds",
                                                                "setup_seconds"))
             for span, r in zip(spans, runs)]
+    # Where the slots sat idle: before each slot's first trial (workers starting), after each slot's
+    # last one (waiting for the other slots to finish), and between trials (the rest). The stage's
+    # start is taken as its end minus its wall time (its end: the last trial's end, within ms).
+    starts = sorted(r.info.start_time / 1000.0 for r in runs)
+    ends = sorted(r.info.end_time / 1000.0 for r in runs)
+    slots = args.concurrency
+    stage_start = ends[-1] - stage_wall
+    idle_start = sum(t - stage_start for t in starts[:slots])
+    idle_tail = sum(ends[-1] - t for t in ends[-slots:])
+    idle_between = stage_wall * slots - sum(spans) - idle_start - idle_tail
     util_stage = parent["search_utilisation"]
     util_all = sum(train) / (wall * args.concurrency)
     rungs = sorted({r.data.tags["rung_budget"] for r in runs if "rung_budget" in r.data.tags}, key=float)
@@ -103,6 +113,10 @@ def main() -> int:
     print(f"| of which worker set-up, median (s) | {median_of('setup_seconds'):.2f} |")
     print(f"| of which worker set-up, first trials (s) | {max(r.data.metrics.get('setup_seconds', 0.0) for r in runs):.2f} |")
     print(f"| of which scheduling + reporting, median (s) | {statistics.median(rest):.2f} |")
+    print(f"| idle slot-seconds before the first trials | {idle_start:.1f} |")
+    print(f"| idle slot-seconds between trials | {idle_between:.1f} |")
+    print(f"| idle slot-seconds at the end (waiting for the last trials) | {idle_tail:.1f} |")
+    print(f"| slot-seconds in trials but not training (Σ per-trial overhead) | {sum(overhead):.1f} |")
     if json_out:
         json_out.write_text(json.dumps({"utilisation_stage": util_stage, "utilisation_all": util_all,
                                                "overhead": overhead, "train": train, "wall": wall}, indent=2))

@@ -61,8 +61,30 @@ def _scheduler(plan: Plan) -> Any:
                          grace_period=max(1.0, budget * 0.3), reduction_factor=3)
 
 
+def _take_prestarted_workers(plan: Plan) -> None:
+    """Let trial actors run in the workers a local Ray prestarted, which imported torch while the
+    driver set up (preflight.WORKER_PRELOAD): a trial's first seconds are then training.
+
+    Ray gives a prestarted worker only to an actor with an empty runtime environment, and Tune
+    gives every trial actor one with ``PL_DISABLE_FORK=1`` (class_cache.DEFAULT_ENV_VARS, for
+    PyTorch Lightning's forking launchers, which tunebudget's trainer never uses): each trial
+    slot then started a fresh worker and imported torch in it, ~4 s before its first trial. With
+    that entry gone, and none of the variables Tune forwards set (cloud keys), the runtime
+    environment is empty. On a joined cluster Ray starts its own workers: left as it is.
+    """
+    if plan.address:
+        return
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray layout: trials start fresh workers, as before
+        return
+    getattr(class_cache, "DEFAULT_ENV_VARS", {}).pop("PL_DISABLE_FORK", None)
+
+
 def _trainable(plan: Plan) -> Any:
     from ray import tune
+
+    _take_prestarted_workers(plan)
 
     fn = tune.with_parameters(trainable, base=plan.base, threads=plan.threads, metric=plan.metric, mode=plan.mode)
     return tune.with_resources(fn, {"cpu": plan.cpus, "gpu": plan.gpus})
@@ -141,18 +163,18 @@ def _run_halving(plan: Plan, space: SearchSpace, ids: dict[str, str], points: li
     """Stage 2 with restart successive halving: the searcher decides each trial's rung."""
     from ray import tune
 
-    from tunebudget.sweep.halving import RestartHalving, expected_trials
+    from tunebudget.sweep.halving import RestartHalving, expected_trials, max_trials
 
-    total = plan.trials + len(points)
+    total = plan.trials + len(points)  # full-budget trials' worth of compute
     searcher = RestartHalving(space, plan.metric, plan.mode, plan.rungs, plan.eta, plan.trials, points,
                               _make_sampler(plan), plan.name, plan.optuna_storage)
     tuner = tune.Tuner(
         _trainable(plan),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total * len(plan.rungs),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(total, plan.rungs),
                                     max_concurrent_trials=plan.concurrency, reuse_actors=True,
                                     time_budget_s=plan.search_seconds),
         run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels,
-                                                         expected_trials(total, plan.eta, len(plan.rungs)), quiet)),
+                                                         expected_trials(total, plan.rungs, plan.eta), quiet)),
     )
     return tuner.fit()
 

@@ -47,10 +47,21 @@ def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
     return policy_from_dict(base, "search space").with_overrides(params, source="trial parameters")
 
 
+def _process_started_at() -> float:
+    """When this worker process started (wall clock): before the sweep's parent run if Ray
+    prestarted it."""
+    import psutil  # a Ray dependency
+
+    return psutil.Process().create_time()
+
+
 def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric: str, mode: str) -> None:
     """Ray Tune function trainable: one BudgetTrainer run, reporting each validation."""
     entered = time.time()
     import socket
+    import sys
+
+    warm = "torch._dynamo" in sys.modules  # imported before the trial: a preloaded (or reused) worker
 
     import ray
     import torch
@@ -78,6 +89,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float)) and v is not None})
     final["setup_seconds"] = setup_seconds
     final["trial_started_at"] = entered  # wall clock, for the sweep-efficiency benchmark's timeline
+    final["worker_warm"] = int(warm)
+    final["worker_started_at"] = _process_started_at()
     final["diverged"] = int(result.status == "diverged")
     final["finished"] = 1  # marks a trial that ran to its end (an interrupted one never reports this)
     final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)

@@ -67,10 +67,12 @@ def test_asha_promotion_rule_and_what_optuna_learns(tmp_path):
         s.on_trial_complete(f"t{n}", {"val_accuracy": v, "finished": 1})
         n += 1
     rungs = [r for _, r in seen]
-    assert rungs.count(0) == 10  # the baseline and nine sampled configurations
-    assert 10 // 3 <= rungs.count(1) < 10 and rungs.count(2) >= 1
+    # the compute of 9 + 1 full-budget trials (9 units each), all of it: rung budgets 1, 3, 9
+    assert sum([1.0, 3.0, 9.0][r] for r in rungs) == 90 and s.left() < 1
+    assert rungs.count(0) > 10  # more configurations than full-budget trials: that is the point
+    assert rungs.count(0) // 3 - 1 <= rungs.count(1) < rungs.count(0) and rungs.count(2) >= 1
     assert seen[0] == ("c0", 0)  # the baseline first
-    assert s.promotable() is None  # it finished because nothing could go up any more
+    assert s.promotable(s.left()) is None  # it finished because the compute was spent
     study = s.study
     told = sorted(t.value for t in study.trials)
     assert told == sorted(v for (c, r), v in value.items() if r == 0)  # rung 0 only
@@ -123,7 +125,7 @@ def restart_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("restart")
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
     data["budget"] = {"seconds": None, "samples": 9000, "eval_every": 0.5}
-    data["sweep"].update({"trials": 7, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2,
+    data["sweep"].update({"trials": 3, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 2,
                           "fidelity": "restart", "eta": 3, "min_budget": 1000})
     space = write_yaml(tmp / "space.yaml", data)
     interrupt_sweep(tmp, space, 4, "--cpus-per-trial", "0.5", sig=signal.SIGTERM)  # a scheduler's kill
@@ -160,7 +162,9 @@ def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
     assert parent.info.status == "FINISHED"
     search = [r for r in runs if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
     rungs = [int(r.data.tags["rung"]) for r in search]
-    assert rungs.count(0) == 7 + 2 and 3 <= rungs.count(1) < 9 and rungs.count(2) >= 1
+    # the compute of 3 + 2 (baselines) full-budget trials of 9000 samples, spent to the last rung-0 trial
+    assert sum({0: 1000, 1: 3000, 2: 9000}[r] for r in rungs) == 5 * 9000
+    assert rungs.count(0) > 5 and 1 <= rungs.count(1) < rungs.count(0) and rungs.count(2) >= 1
     for r in search:  # each run is a complete run at its rung's budget
         budget = {0: 1000, 1: 3000, 2: 9000}[int(r.data.tags["rung"])]
         assert r.data.tags["rung_budget"] == f"{budget:g}" and float(r.data.params["budget.samples"]) == budget
@@ -176,3 +180,17 @@ def test_restart_sweep_runs_rungs_and_reports_rank_correlations(restart_sweep):
                               storage=f"sqlite:///{tmp / 'mlflow' / 'optuna.db'}")
     rung0 = sorted(r.data.metrics["val_accuracy"] for r in search if r.data.tags["rung"] == "0")
     assert sorted(t.value for t in study.trials) == pytest.approx(rung0)  # Optuna saw rung 0 only
+
+
+def test_a_restart_sweep_too_small_for_its_ladder_gets_a_note():
+    """Reaching the top of K+1 rungs takes about 2(K+1) full budgets' worth of compute: below that
+    the sweep says so (and how many trials would do)."""
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, ladder_note, make_plan
+
+    space = load_space(ROOT / "search_spaces/digits_mlp.yaml")  # two baselines
+    small = make_plan(space, SweepOptions(trials=1, fidelity="restart"))
+    note = ladder_note(small, len(space.baselines))
+    assert note and "3 full-budget trials" in note and "--trials 4 or more" in note
+    assert ladder_note(make_plan(space, SweepOptions(trials=4, fidelity="restart")), 2) is None
+    assert ladder_note(make_plan(space, SweepOptions(trials=1)), 2) is None  # full budget: no ladder

@@ -156,7 +156,9 @@ def _add_sweep_commands(sub: Any) -> None:
                                    "them under a fixed budget each, MLflow records every trial; then the top "
                                    "policies and the baselines are re-run with extra seeds for a verdict.")
     p.add_argument("space", help="search-space YAML file (a base policy plus search/sweep/baselines)")
-    p.add_argument("--trials", type=int, help="searched trials, beyond the baselines (default: the file's sweep.trials)")
+    p.add_argument("--trials", type=int, help="searched trials, beyond the baselines (default: the file's sweep.trials); "
+                   "with --fidelity restart, the compute of that many full-budget trials, spent on as many "
+                   "configurations as it buys")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="wall-clock training budget of each trial")
     p.add_argument("--concurrency", type=int, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; torch threads follow it")

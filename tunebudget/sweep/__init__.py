@@ -24,9 +24,9 @@ experiment to restore.
 
 from tunebudget.sweep.callbacks import POLICY_TAG
 from tunebudget.sweep.pipeline import run_sweep
-from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, make_plan, trial_slots
+from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, ladder_note, make_plan, trial_slots
 from tunebudget.sweep.stages import SweepInterrupted
 from tunebudget.sweep.verdict import SweepOutcome
 
 __all__ = ["POLICY_TAG", "Plan", "SweepInterrupted", "SweepOptions", "SweepOutcome", "capacity_note",
-           "idle_round_note", "make_plan", "run_sweep", "trial_slots"]
+           "idle_round_note", "ladder_note", "make_plan", "run_sweep", "trial_slots"]

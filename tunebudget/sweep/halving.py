@@ -8,6 +8,13 @@ slot is free, the best configuration in the top ``1/eta`` of the highest rung th
 promoted goes up a rung; otherwise a new configuration starts at rung 0. A promoted configuration
 is retrained from scratch at the larger budget: a policy, not a checkpoint, is what is promoted.
 
+How big a sweep is: the compute of ``trials`` full-budget trials (plus the baselines), counted in
+budget units (seconds or sample passes) of the trials started. New configurations are sampled for
+as long as that compute lasts, so a slot never waits for a rung to fill or for the last promotions
+(with a fixed number of configurations one slot idled through each long top-rung trial at the end:
+a quarter of a 2-core sweep's machine time), and a restart sweep spends exactly what a full-budget
+sweep of the same ``--trials`` spends, so the two compare at equal compute.
+
 What Optuna learns: one study, told each new configuration's value at rung 0, where every
 configuration has a complete result at the same budget. Values of upper rungs are never told to it
 as if they were the same objective; they are in MLflow and decide the candidates for the
@@ -39,9 +46,11 @@ def rung_budgets(budget: float, eta: int, min_budget: float) -> list[float]:
 class RestartHalving(Searcher):
     """A Tune searcher running asynchronous successive halving with restarts over an Optuna study.
 
-    ``trials`` new configurations are sampled (after ``points``, the baselines, which start at
-    rung 0 like any configuration); the searcher finishes when every trial has ended and no
-    configuration can be promoted.
+    The sweep may start trials whose rung budgets add up to ``(trials + len(points)) * B``, the
+    compute of that many full-budget trials. ``points``, the baselines, start at rung 0 first, like
+    any configuration. A free slot takes a promotion that fits in what is left, else a new
+    configuration if a rung-0 trial fits; when neither does the searcher is finished (the running
+    trials end as usual).
     """
 
     def __init__(self, space: Any, metric: str, mode: str, rungs: list[float], eta: int, trials: int,
@@ -56,7 +65,9 @@ class RestartHalving(Searcher):
         self.optuna_number: dict[str, int] = {}  # config id -> its Optuna trial (rung 0)
         self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config id, rung)
         self.started = 0  # configurations started at rung 0
-        self.total = trials + len(points)
+        self.total = trials + len(points)  # full-budget trials' worth of compute
+        self.cap = self.total * self.rungs[-1]  # in budget units (seconds or sample passes)
+        self.committed = 0.0  # Σ rung budgets of the trials started
         self._study: Any = None
 
     # ---- Optuna --------------------------------------------------------------------------
@@ -83,10 +94,17 @@ class RestartHalving(Searcher):
         return config_id, dict(trial.params)
 
     # ---- ASHA's promotion rule -----------------------------------------------------------
-    def promotable(self) -> Optional[tuple[str, int]]:
-        """The configuration to promote now, and the rung it leaves (None: start a new one)."""
+    def left(self) -> float:
+        """Budget units the sweep may still start (a float's rounding does not cost a trial)."""
+        return self.cap - self.committed + 1e-9 * self.cap
+
+    def promotable(self, left: float = math.inf) -> Optional[tuple[str, int]]:
+        """The configuration to promote now, and the rung it leaves (None: start a new one); only
+        to a rung whose budget fits in ``left``."""
         sign = 1 if self.mode == "max" else -1
         for k in reversed(range(len(self.rungs) - 1)):
+            if self.rungs[k + 1] > left:
+                continue
             done = self.results[k]
             top = sorted(done, key=lambda c: -sign * done[c])[: len(done) // self.eta]
             for config_id in top:
@@ -95,19 +113,19 @@ class RestartHalving(Searcher):
         return None
 
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
-        promote = self.promotable()
+        left = self.left()
+        promote = self.promotable(left)
         if promote is not None:
             config_id, k = promote
             self.promoted[k].add(config_id)
             rung = k + 1
-        elif self.started < self.total:
+        elif self.rungs[0] <= left:
             config_id, params = self._new_config()
             self.params[config_id] = params
             rung = 0
-        elif self.live:
-            return None  # wait: a running trial may make a configuration promotable
-        else:
+        else:  # not even a rung-0 trial fits: nothing will (the running trials still end as usual)
             return Searcher.FINISHED
+        self.committed += self.rungs[rung]
         self.live[trial_id] = (config_id, rung)
         return {**self.params[config_id],
                 FIDELITY: {"rung": rung, "amount": self.rungs[rung], "config": config_id,
@@ -146,6 +164,13 @@ class RestartHalving(Searcher):
             self.__dict__.update(pickle.load(fh))
 
 
-def expected_trials(configs: int, eta: int, rungs: int) -> int:
-    """About how many trials a restart sweep of ``configs`` configurations runs (for progress)."""
-    return sum(max(1, configs // eta ** k) for k in range(rungs))
+def expected_trials(full_trials: int, rungs: list[float], eta: int) -> int:
+    """About how many trials a restart sweep with the compute of ``full_trials`` full-budget trials
+    runs (for progress): a configuration reaches rung ``k`` with probability ``eta^-k``."""
+    per_config = sum(b / eta ** k for k, b in enumerate(rungs))  # expected budget units
+    return max(1, round(full_trials * rungs[-1] / per_config * sum(eta ** -k for k in range(len(rungs)))))
+
+
+def max_trials(full_trials: int, rungs: list[float]) -> int:
+    """The most trials the compute of ``full_trials`` full-budget trials can start: all at rung 0."""
+    return int(full_trials * rungs[-1] // rungs[0]) + 1

@@ -17,7 +17,7 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
-from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, make_plan, trial_slots
+from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, ladder_note, make_plan, trial_slots
 from tunebudget.sweep.preflight import preflight
 from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
@@ -101,8 +101,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
             state = save_state(plan, stage="search", space=as_json(space.raw), **ids)
         ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
         state["slots"] = trial_slots(plan, resources)
-        notes = [n for n in (capacity_note(plan, resources), idle_round_note(plan, len(space.baselines), resources))
-                 if n]
+        notes = [n for n in (capacity_note(plan, resources), idle_round_note(plan, len(space.baselines), resources),
+                             ladder_note(plan, len(space.baselines))) if n]
         if notes and not opts.quiet and state.get("stage") == "search":
             for note in notes:
                 err_console.print(note, highlight=False, soft_wrap=True)

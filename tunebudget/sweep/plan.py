@@ -224,3 +224,19 @@ def idle_round_note(plan: Plan, n_baselines: int, resources: dict[str, float]) -
     return (f"note: {total} trials ({plan.trials} searched + {n_baselines} baselines) on {slots} slots: the last "
             f"round runs {left} and leaves {slots - left} idle for a whole trial; "
             f"--trials {' or '.join(map(str, fill))} fills every round")
+
+
+def ladder_note(plan: Plan, n_baselines: int) -> Optional[str]:
+    """A note when a restart sweep's compute may not carry any configuration to the top rung.
+
+    Reaching rung K takes eta^K rung-0 results, eta^(K-1) at rung 1, ... (K + 1) full budgets'
+    worth even one at a time; trials running at once promote on fewer results and need more.
+    """
+    if plan.fidelity != "restart" or len(plan.rungs) < 2:
+        return None
+    total, need = plan.trials + n_baselines, 2 * len(plan.rungs)
+    if total >= need:
+        return None
+    return (f"note: the compute of {total} full-budget trials ({plan.trials} + {n_baselines} baselines) may not "
+            f"carry a policy to the top of {len(plan.rungs)} rungs (the confirmation stage then takes the highest "
+            f"rung reached); --trials {need - n_baselines} or more")

@@ -17,7 +17,15 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
-from tunebudget.sweep.plan import Plan, SweepOptions, capacity_note, idle_round_note, ladder_note, make_plan, trial_slots
+from tunebudget.sweep.plan import (
+    Plan,
+    SweepOptions,
+    capacity_note,
+    idle_round_note,
+    ladder_note,
+    make_plan,
+    trial_slots,
+)
 from tunebudget.sweep.preflight import preflight
 from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (

@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional

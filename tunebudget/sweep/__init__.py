@@ -25,13 +25,13 @@ experiment to restore.
 from tunebudget.sweep.callbacks import POLICY_TAG
 from tunebudget.sweep.pipeline import run_sweep
 from tunebudget.sweep.plan import (
-           Plan,
-           SweepOptions,
-           capacity_note,
-           idle_round_note,
-           ladder_note,
-           make_plan,
-           trial_slots,
+    Plan,
+    SweepOptions,
+    capacity_note,
+    idle_round_note,
+    ladder_note,
+    make_plan,
+    trial_slots,
 )
 from tunebudget.sweep.stages import SweepInterrupted
 from tunebudget.sweep.verdict import SweepOutcome

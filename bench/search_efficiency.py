@@ -22,7 +22,7 @@ between rungs.
 
 Usage:
     python bench/search_efficiency.py --samples 20000                  # clean Fashion-MNIST CNN, 3 seeds
-    python bench/search_efficiency.py --space search_spaces/fashion_mnist_noisy.yaml --samples 100000
+    python bench/search_efficiency.py --space search_spaces/fashion_mnist_noisy.yaml --samples 275000 --seeds 4
     python bench/search_efficiency.py --samples 10000 --trials 4 --seeds 1   # a quick look
 """
 
@@ -77,7 +77,7 @@ def one_sweep(space_path: Path, method: str, seed: int, configs: int, args: argp
     rungs = {int(r.data.tags["rung"]) for r in search if "rung" in r.data.tags}
     # the search trials as they ended: wall seconds since the first one started, full budget (top rung)
     # or not, value; the time to the bar is computed once every method has run
-    begin = min(r.info.start_time for r in everything) / 1000.0
+    begin = min((r.info.start_time for r in everything), default=0) / 1000.0
     top = str(max(rungs)) if rungs else None
     timeline = [((r.info.end_time / 1000.0) - begin, top is None or r.data.tags.get("rung") == top,
                  r.data.metrics.get(metric)) for r in search]
@@ -146,7 +146,8 @@ def main() -> int:
     for method in args.methods.split(","):
         rs = [r for r in results if r["method"] == method]
         hit = [t for t in (time_to(bar, r) for r in rs) if t is not None] if bar is not None else []
-        when = f"{statistics.median(hit):.0f} ({len(hit)}/{len(rs)})" if hit else f"never (0/{len(rs)})"
+        when = (f"{statistics.median(hit):.0f} ({len(hit)}/{len(rs)})" if hit else
+                f"never (0/{len(rs)})" if bar is not None else "— (no tpe_full run)")
         print(f"| {method} | {ms([r['confirmed'] for r in rs])} | {ms([r['test'] for r in rs])} | "
               f"{statistics.fmean(r['configs'] for r in rs):.1f} | {statistics.fmean(r['trials'] for r in rs):.1f} | "
               f"{statistics.fmean(r['passes'] for r in rs) / 1e6:.2f} | "

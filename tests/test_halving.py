@@ -72,11 +72,66 @@ def test_asha_promotion_rule_and_what_optuna_learns(tmp_path):
     assert rungs.count(0) > 10  # more configurations than full-budget trials: that is the point
     assert rungs.count(0) // 3 - 1 <= rungs.count(1) < rungs.count(0) and rungs.count(2) >= 1
     assert seen[0] == ("c0", 0)  # the baseline first
-    assert s.promotable(s.left()) is None  # it finished because the compute was spent
+    assert not s.live and s.committed == 90  # it finished with nothing running, the compute spent
     study = s.study
     told = sorted(t.value for t in study.trials)
     assert told == sorted(v for (c, r), v in value.items() if r == 0)  # rung 0 only
     assert study.trials[0].params == {"training.lr": 0.1}
+
+
+def test_with_trials_running_at_once_no_slot_waits_and_the_compute_is_spent(tmp_path):
+    """Three slots, trials ending out of order: every ask gets a trial until not even a rung-0
+    trial fits (never None: a slot does not wait for a promotion), and the trials started add up
+    to the compute of 9 + 1 full-budget trials, no more."""
+    import random
+
+    from ray.tune.search import Searcher
+
+    s = _searcher(tmp_path, points=[{"training.lr": 0.1}])
+    rng, running, n, amounts = random.Random(0), [], 0, []
+    while True:
+        while len(running) < 3:
+            config = s.suggest(f"t{n}")
+            assert config is not None
+            if config == Searcher.FINISHED:
+                break
+            running.append((f"t{n}", config))
+            amounts.append(config["fidelity"]["amount"])
+            n += 1
+        if not running:
+            break
+        trial_id, config = running.pop(rng.randrange(len(running)))  # any of them may end first
+        s.on_trial_complete(trial_id, {"val_accuracy": config["training.lr"] + rng.gauss(0, 0.05), "finished": 1})
+    assert sum(amounts) == 90 and s.committed == 90 and not s.live
+    assert 3.0 in amounts and 9.0 in amounts  # promotions happened, up to the top rung
+
+
+def test_rung_trial_counts_for_budgets_that_do_not_divide():
+    from tunebudget.sweep.halving import expected_trials, max_trials, rung_budgets
+
+    for budget in (7, 13, 20, 0.1, 1e5):
+        rungs = rung_budgets(budget, 3, budget / 9)
+        most = 10 * 9  # every trial at rung 0
+        assert max_trials(10, rungs) >= most  # Tune's num_samples never stops a sweep early
+        assert 10 < expected_trials(10, rungs, 3) < most
+
+
+def test_a_searcher_saved_before_compute_sizing_resumes(tmp_path):
+    """A pickle without the compute fields: what it started is counted, and it goes on."""
+    import pickle
+
+    s = _searcher(tmp_path, trials=4)
+    for i in range(4):
+        s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", {"val_accuracy": 0.1 * i, "finished": 1})
+    state = s.__getstate__()
+    del state["cap"], state["committed"]
+    with open(tmp_path / "old.pkl", "wb") as fh:
+        pickle.dump(state, fh)
+    again = _searcher(tmp_path, trials=4)
+    again.restore(str(tmp_path / "old.pkl"))
+    assert again.cap == 4 * 9.0 and again.committed == s.committed
+    assert again.suggest("t4") is not None
 
 
 def test_failed_and_diverged_trials_are_never_promoted(tmp_path):

@@ -12,8 +12,9 @@ How big a sweep is: the compute of ``trials`` full-budget trials (plus the basel
 budget units (seconds or sample passes) of the trials started. New configurations are sampled for
 as long as that compute lasts, so a slot never waits for a rung to fill or for the last promotions
 (with a fixed number of configurations one slot idled through each long top-rung trial at the end:
-a quarter of a 2-core sweep's machine time), and a restart sweep spends exactly what a full-budget
-sweep of the same ``--trials`` spends, so the two compare at equal compute.
+a quarter of a 2-core sweep's machine time), and a restart sweep spends what a full-budget sweep
+of the same ``--trials`` spends, in budget units, to within one rung-0 trial (per-trial overhead
+comes on top, and there are more trials), so the two compare at equal compute.
 
 What Optuna learns: one study, told each new configuration's value at rung 0, where every
 configuration has a complete result at the same budget. Values of upper rungs are never told to it
@@ -161,7 +162,12 @@ class RestartHalving(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
+            state = pickle.load(fh)
+        self.__dict__.update(state)
+        if "cap" not in state:  # saved before sweeps were sized by compute: every trial started
+            self.cap = self.total * self.rungs[-1]  # was a new configuration or a promotion
+            self.committed = self.started * self.rungs[0] + sum(
+                len(p) * self.rungs[k + 1] for k, p in enumerate(self.promoted[:-1]))
 
 
 def expected_trials(full_trials: int, rungs: list[float], eta: int) -> int:

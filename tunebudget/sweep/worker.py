@@ -61,7 +61,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     import socket
     import sys
 
-    warm = "torch._dynamo" in sys.modules  # imported before the trial: a preloaded (or reused) worker
+    warm = "torch._dynamo" in sys.modules  # imported before the trial: a preloaded worker, or a reused one
 
     import ray
     import torch

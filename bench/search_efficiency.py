@@ -47,7 +47,7 @@ METHODS = {
 }
 
 
-def one_sweep(space_path: Path, method: str, seed: int, configs: int, args: argparse.Namespace) -> dict:
+def one_sweep(space_path: Path, method: str, seed: int, trials: int, args: argparse.Namespace) -> dict:
     from mlflow.tracking import MlflowClient
 
     from tunebudget.spaces import load_space
@@ -60,7 +60,7 @@ def one_sweep(space_path: Path, method: str, seed: int, configs: int, args: argp
         try:
             t0 = time.time()
             outcome = run_sweep(space, SweepOptions(
-                trials=configs, concurrency=args.concurrency, seed=seed, quiet=True, confirm_top=1,
+                trials=trials, concurrency=args.concurrency, seed=seed, quiet=True, confirm_top=1,
                 confirm_seeds=args.confirm_seeds, name=f"{method}-{seed}", eta=args.eta, **METHODS[method]))
             wall = time.time() - t0
             client = MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow' / 'mlflow.db'}")

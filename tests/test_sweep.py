@@ -95,7 +95,7 @@ def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"best_policy.yaml", "summary.md", "optimization_history.png", "validation_vs_time.png"} <= artifacts
     if (os.cpu_count() or 1) <= 2 * 2:  # preflight.preload_workers: a local Ray prestarts torch-loaded workers
-        # and the trials run in them (stages._take_prestarted_workers): every trial, the first on each
+        # and the trials run in them (preflight.take_prestarted_workers): every trial, the first on each
         # worker too, ran in a process that started before the sweep's parent run did. (worker_warm
         # would say 1 either way: Ray preloads in every worker it starts, prestarted or not.)
         assert all(r.data.metrics["worker_started_at"] * 1000 < parent.info.start_time for r in search)

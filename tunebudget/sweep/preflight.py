@@ -80,6 +80,24 @@ def preload_workers(plan: Plan, cpus: int) -> bool:
     return not plan.address and cpus <= 2 * plan.concurrency
 
 
+def take_prestarted_workers() -> None:
+    """Let trial actors run in the workers a local Ray prestarted, which imported torch while the
+    driver set up (WORKER_PRELOAD): a trial's first seconds are then training.
+
+    Ray gives a prestarted worker only to an actor with an empty runtime environment, and Tune
+    gives every trial actor one with ``PL_DISABLE_FORK=1`` (class_cache.DEFAULT_ENV_VARS, for
+    PyTorch Lightning's forking launchers, which tunebudget's trainer never uses): each trial
+    slot then started a fresh worker and imported torch in it, ~4 s before its first trial. With
+    that entry gone, and none of the variables Tune forwards set (cloud keys), the runtime
+    environment is empty. On a joined cluster Ray starts its own workers: not called there.
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray layout: trials start fresh workers, as before
+        return
+    getattr(class_cache, "DEFAULT_ENV_VARS", {}).pop("PL_DISABLE_FORK", None)
+
+
 def connect_ray(plan: Plan) -> dict[str, float]:
     """Start a local Ray (or join ``plan.address``) and check it has what the trials ask for."""
     import ray
@@ -97,10 +115,11 @@ def connect_ray(plan: Plan) -> dict[str, float]:
         else:
             # GPUs: Ray detects them itself (NVML, CUDA_VISIBLE_DEVICES); the driver never imports torch.
             # The workers Ray prestarts import torch while the driver sets up: a trial actor takes one
-            # of them (stages._take_prestarted_workers), so its first trial does not pay the imports.
+            # of them (take_prestarted_workers), so its first trial does not pay the imports.
             cpus = os.cpu_count() or 1
             config = {"preload_python_modules": WORKER_PRELOAD} if preload_workers(plan, cpus) else {}
             ray.init(num_cpus=cpus, _system_config=config, **kwargs)
+            take_prestarted_workers()
     except (ConnectionError, RuntimeError, TimeoutError, ValueError, auth_error) as exc:
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         auth = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "

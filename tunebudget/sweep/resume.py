@@ -73,12 +73,10 @@ def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
     candidates = []
     for state_file in storage.glob(f"*/{STATE_FILE}"):
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            state = read_state(state_file.parent)
+        except TuneBudgetError:
             continue  # not a readable state: not a sweep to resume
-        if not isinstance(state, dict) or not isinstance(state.get("plan"), dict):
-            continue
-        if state.get("plan", {}).get("base", {}).get("name") == space_name and \
+        if state is not None and state["plan"].get("base", {}).get("name") == space_name and \
                 state.get("stage") not in ("finished", "failed"):
             candidates.append(state_file.parent)
     if not candidates:

@@ -61,30 +61,8 @@ def _scheduler(plan: Plan) -> Any:
                          grace_period=max(1.0, budget * 0.3), reduction_factor=3)
 
 
-def _take_prestarted_workers(plan: Plan) -> None:
-    """Let trial actors run in the workers a local Ray prestarted, which imported torch while the
-    driver set up (preflight.WORKER_PRELOAD): a trial's first seconds are then training.
-
-    Ray gives a prestarted worker only to an actor with an empty runtime environment, and Tune
-    gives every trial actor one with ``PL_DISABLE_FORK=1`` (class_cache.DEFAULT_ENV_VARS, for
-    PyTorch Lightning's forking launchers, which tunebudget's trainer never uses): each trial
-    slot then started a fresh worker and imported torch in it, ~4 s before its first trial. With
-    that entry gone, and none of the variables Tune forwards set (cloud keys), the runtime
-    environment is empty. On a joined cluster Ray starts its own workers: left as it is.
-    """
-    if plan.address:
-        return
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:  # another Ray layout: trials start fresh workers, as before
-        return
-    getattr(class_cache, "DEFAULT_ENV_VARS", {}).pop("PL_DISABLE_FORK", None)
-
-
 def _trainable(plan: Plan) -> Any:
     from ray import tune
-
-    _take_prestarted_workers(plan)
 
     fn = tune.with_parameters(trainable, base=plan.base, threads=plan.threads, metric=plan.metric, mode=plan.mode)
     return tune.with_resources(fn, {"cpu": plan.cpus, "gpu": plan.gpus})

@@ -19,6 +19,10 @@ work still queued then (reported as ``overshoot_seconds``). Charged regions that
 (a scoring pass inside every online step) are timed with device events (``event``), read
 lazily at validation.
 
+``budget.use`` below 1 trains less: progress counts against ``use`` x the budget, so the LR
+schedule, the selection phases and the validations all fit that share, and the rest is left
+unspent (:meth:`BudgetClock.unspent_share`).
+
 The trainer checks :meth:`BudgetClock.exhausted` at every step boundary, so a run overshoots
 its budget by at most one step (plus, on a GPU, the queued steps).
 """
@@ -112,7 +116,7 @@ class BudgetClock:
         """How far a seconds budget was overrun (0 for a sample budget, or within the budget)."""
         if self.spec.seconds is None:
             return 0.0
-        return max(0.0, self.train_seconds() - self.spec.seconds)
+        return max(0.0, self.train_seconds() - self.spec.limit)
 
     def charge(self, n_samples: int) -> None:
         """Charge ``n_samples`` training sample passes of the main model."""
@@ -127,13 +131,17 @@ class BudgetClock:
         """Charge sample passes spent on something other than the main model (a scorer's model)."""
         self.samples_used += passes
 
+    def spent(self) -> float:
+        """What has been charged so far, in the budget's unit (seconds or sample passes)."""
+        return self.train_seconds() if self.spec.seconds is not None else self.samples_used
+
     def progress(self) -> float:
-        """Share of the budget spent, in [0, 1]."""
-        if self.spec.seconds is not None:
-            spent = self.train_seconds() / self.spec.seconds
-        else:
-            spent = self.samples_used / float(self.spec.samples)  # type: ignore[arg-type]
-        return min(max(spent, 0.0), 1.0)
+        """Share of the budget spent, in [0, 1]; with ``budget.use`` below 1, of that share of it."""
+        return min(max(self.spent() / self.spec.limit, 0.0), 1.0)
+
+    def unspent_share(self) -> float:
+        """Share of the whole budget left unspent (``1 - budget.use`` for a run that trained less)."""
+        return min(max(1.0 - self.spent() / self.spec.amount, 0.0), 1.0)
 
     def exhausted(self) -> bool:
         return self.progress() >= 1.0

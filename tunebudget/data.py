@@ -24,6 +24,7 @@ channel (images); a feature constant in the training split is only centred (see 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import logging
@@ -40,7 +41,7 @@ import torch
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.models import _first_line, _import_factory, check_options
-from tunebudget.policy import TaskSpec
+from tunebudget.policy import VAL_ROOT_LAYOUT, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class DataBundle:
     num_outputs: int  # classes, or 1 for regression
     input_shape: tuple[int, ...]  # per sample, e.g. (1, 28, 28) or (64,)
     name: str
+    #: ``carved`` out of the training split (task.val_size), or ``given`` by the data's source
+    #: (task.val_root, or a factory's val_x / val_y): used as is.
+    val_source: str = "carved"
 
     @property
     def is_image(self) -> bool:
@@ -91,8 +95,7 @@ class DataBundle:
                 x = x.contiguous(memory_format=torch.channels_last)
             return Split(x, s.y.to(device), None if s.noisy is None else s.noisy.to(device))
 
-        return DataBundle(move(self.train), move(self.val), move(self.test), self.kind,
-                          self.num_outputs, self.input_shape, self.name)
+        return dataclasses.replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
 
 # ---- raw sources: each returns (train_x, train_y, test_x, test_y) as numpy arrays -------------
@@ -247,28 +250,60 @@ def _torchvision(task: TaskSpec, seed: int) -> tuple[np.ndarray, ...]:
 
 def _imagefolder(torchvision: Any, root: Path, seed: int) -> tuple[np.ndarray, ...]:
     """One class per sub-directory of ``root``; every image must load and have one size."""
+    x, y, classes = _read_image_folder(torchvision, root, "task.root")
+    if len(classes) < 2:
+        raise TuneBudgetError(f"task.root: {root} holds one class folder ({classes[0]}); a classifier needs "
+                              "at least two: add a folder per class")
+    return _holdout(x, y, 0.2, seed)
+
+
+def _read_image_folder(torchvision: Any, root: Path, field: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images of ``ROOT/<class>/<image>`` as uint8 ``(N, 3, H, W)``, labels, and the class names."""
     from PIL import UnidentifiedImageError
 
     try:
         ds = torchvision.datasets.ImageFolder(str(root))
     except FileNotFoundError as exc:  # no class folders, or class folders without images
-        raise TuneBudgetError(f"task.root: {root} holds no images in class folders ({_first_line(exc)}); "
+        raise TuneBudgetError(f"{field}: {root} holds no images in class folders ({_first_line(exc)}); "
                               "lay it out as ROOT/<class>/<image>.png with at least two classes") from None
-    if len(ds.classes) < 2:
-        raise TuneBudgetError(f"task.root: {root} holds one class folder ({ds.classes[0]}); a classifier needs "
-                              "at least two: add a folder per class")
     xs = []
     for path, _ in ds.samples:
         try:
             xs.append(np.asarray(ds.loader(path).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
         except (OSError, UnidentifiedImageError, SyntaxError) as exc:  # PIL's errors for broken files
-            raise TuneBudgetError(f"task.root: {path} is not a readable image ({_first_line(exc)}); "
+            raise TuneBudgetError(f"{field}: {path} is not a readable image ({_first_line(exc)}); "
                                   "remove or replace it") from None
     if len({x.shape for x in xs}) > 1:
-        raise TuneBudgetError(f"task.root: images under {root} differ in size; resize them to one size first")
-    x = np.stack(xs)
-    y = np.asarray([t for _, t in ds.samples], dtype=np.int64)
-    return _holdout(x, y, 0.2, seed)
+        raise TuneBudgetError(f"{field}: images under {root} differ in size; resize them to one size first")
+    return np.stack(xs), np.asarray([t for _, t in ds.samples], dtype=np.int64), list(ds.classes)
+
+
+def _given_val(task: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The validation split in ``task.val_root`` (see :data:`VAL_ROOT_LAYOUT`), inputs and labels."""
+    root = Path(str(task.val_root)).expanduser()
+    if not root.is_dir():
+        raise TuneBudgetError(f"task.val_root: directory {root} does not exist; point it at a directory holding "
+                              f"{VAL_ROOT_LAYOUT[task.dataset]}")
+    if task.dataset == "imagefolder":
+        import torchvision
+
+        classes = sorted(e.name for e in os.scandir(Path(str(task.root)).expanduser()) if e.is_dir())
+        x, y, names = _read_image_folder(torchvision, root, "task.val_root")
+        strange = sorted(set(names) - set(classes))
+        if strange:
+            raise TuneBudgetError(f"task.val_root: {root} has class folder {strange[0]!r}, which task.root does not "
+                                  f"({', '.join(classes)}); give validation images of the training classes")
+        return x, np.asarray([classes.index(names[i]) for i in y], dtype=np.int64)
+    images, labels = root / "val-images-idx3-ubyte.gz", root / "val-labels-idx1-ubyte.gz"
+    for f in (images, labels):
+        if not f.is_file():
+            raise TuneBudgetError(f"task.val_root: {f.name} not found in {root}; put the validation split there as "
+                                  f"{VAL_ROOT_LAYOUT[task.dataset]}")
+    x, y = _read_idx(images, 3)[:, None], _read_idx(labels, 1)
+    if len(x) != len(y):
+        raise TuneBudgetError(f"task.val_root: {root} holds {len(x)} validation images but {len(y)} labels; "
+                              "give one label per image")
+    return x, y
 
 
 SOURCES: dict[str, Callable[[TaskSpec, int], tuple[np.ndarray, ...]]] = {
@@ -284,14 +319,31 @@ SOURCES: dict[str, Callable[[TaskSpec, int], tuple[np.ndarray, ...]]] = {
 
 # ---- your own data: task.dataset "package.module:factory" -------------------------------------
 
-#: Keys of a factory's mapping of arrays; ``num_classes`` may come with either form.
+#: Keys of a factory's mapping of arrays; ``num_classes`` may come with either form, and a trusted
+#: validation split (``val_x`` and ``val_y``, or ``val``) too.
 ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y")
 DATASET_KEYS = ("train", "test")
+VAL_KEYS = {ARRAY_KEYS: ("val_x", "val_y"), DATASET_KEYS: ("val",)}
 _RETURNS = ("return (train_x, train_y, test_x, test_y) arrays or tensors, (train, test) torch Datasets "
-            "of (x, y) pairs, or a mapping of either (plus an optional num_classes)")
+            "of (x, y) pairs, or a mapping of either (plus an optional num_classes, and val_x and val_y "
+            "or val for a validation split of your own)")
 
 
-def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+@dataclass
+class RawData:
+    """A data set as loaded, before the validation carve: float inputs, int64 or float32 targets, and
+    the validation split the source gave (None: carved out of the training split)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: Optional[int] = None
+    val_x: Optional[torch.Tensor] = None
+    val_y: Optional[torch.Tensor] = None
+
+
+def user_data(task: TaskSpec) -> RawData:
     """Your own data: ``task.dataset: package.module:factory``, called as ``factory(**task.data_options)``.
 
     The factory returns the training and test data in one of these forms:
@@ -303,11 +355,12 @@ def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
       (``__len__`` and ``__getitem__``) whose items are ``(x, y)`` pairs, x a tensor or array of one
       shape, y a number. They are read once into tensors.
 
-    A mapping may add ``num_classes`` (default: the largest label + 1). Classification targets
-    (``task.kind``, default classification) are integer labels 0 … C-1; regression targets
-    (``task.kind: regression``) are numbers. Anything else is a one-line TuneBudgetError naming
-    ``task.dataset``. Returns train x, train y, test x, test y as tensors (x float, y int64 or
-    float32) and ``num_classes`` if the factory gave it.
+    A mapping may add ``num_classes`` (default: the largest label + 1) and a validation split of
+    its own (``val_x`` and ``val_y``, or ``val`` beside Datasets), used as given instead of one carved
+    out of the training split: a small set with trusted labels when the training labels are noisy.
+    Classification targets (``task.kind``, default classification) are integer labels 0 … C-1;
+    regression targets (``task.kind: regression``) are numbers. Anything else is a one-line
+    TuneBudgetError naming ``task.dataset``.
     """
     spec = task.dataset
     factory = _import_factory(spec, "task.dataset")
@@ -320,41 +373,57 @@ def user_data(task: TaskSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         log.debug("task.dataset %s raised", spec, exc_info=True)
         raise TuneBudgetError(f"task.dataset: {spec} raised {type(exc).__name__}: {_first_line(exc)}; fix the "
                               "factory or its task.data_options (run with -v for the traceback)") from exc
-    num_classes = None
+    num_classes, val = None, None
     if isinstance(out, Mapping):
         keys = set(out)
         form = DATASET_KEYS if set(DATASET_KEYS) <= keys else ARRAY_KEYS
-        unknown = sorted(map(str, keys - set(form) - {"num_classes"}))
-        if unknown or not set(form) <= keys:
-            what = f"unknown key {unknown[0]!r}" if unknown else f"keys {sorted(map(str, keys))}"
+        val_keys = VAL_KEYS[form]
+        unknown = sorted(map(str, keys - set(form) - set(val_keys) - {"num_classes"}))
+        given_val = keys & set(val_keys)
+        if unknown or not set(form) <= keys or given_val not in (set(), set(val_keys)):
+            what = (f"unknown key {unknown[0]!r}" if unknown else
+                    f"keys {sorted(map(str, keys))}" if not set(form) <= keys else
+                    f"{sorted(given_val)[0]} without {sorted(set(val_keys) - given_val)[0]}")
             raise TuneBudgetError(f"task.dataset: {spec} returned a mapping with {what}; give keys "
-                                  f"{', '.join(ARRAY_KEYS)} or {', '.join(DATASET_KEYS)} (plus num_classes)")
+                                  f"{', '.join(ARRAY_KEYS)} (plus val_x, val_y) or {', '.join(DATASET_KEYS)} "
+                                  "(plus val), and an optional num_classes")
         num_classes = _num_classes(out.get("num_classes"), spec)
         parts: tuple[Any, ...] = tuple(out[k] for k in form)
+        val = tuple(out[k] for k in val_keys) if given_val else None
     elif isinstance(out, (tuple, list)) and len(out) in (2, 4):
         parts = tuple(out)
     else:
         got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
         raise TuneBudgetError(f"task.dataset: {spec} returned {got}; {_RETURNS}")
+    splits = ("train", "test", "val") if val else ("train", "test")
     if len(parts) == 2:
-        (train_x, train_y), (test_x, test_y) = (_read_dataset(d, n, spec) for d, n in zip(parts, DATASET_KEYS))
+        arrays = [_read_dataset(d, n, spec) for d, n in zip((*parts, *(val or ())), splits)]
     else:
-        train_x, train_y, test_x, test_y = (_array(a, n, spec) for a, n in zip(parts, ARRAY_KEYS))
-    xtr, xte = _inputs(train_x, "train_x", spec), _inputs(test_x, "test_x", spec)
-    if xtr.shape[1:] != xte.shape[1:]:
-        raise TuneBudgetError(f"task.dataset: {spec} returned train and test inputs of different shapes per "
-                              f"sample ({tuple(xtr.shape[1:])} and {tuple(xte.shape[1:])}); make them the same")
-    ytr = _targets(train_y, "train", len(xtr), task.kind, spec)
-    yte = _targets(test_y, "test", len(xte), task.kind, spec)
+        flat = (*parts, *(val or ()))
+        arrays = [(_array(flat[2 * i], f"{n}_x", spec), _array(flat[2 * i + 1], f"{n}_y", spec))
+                  for i, n in enumerate(splits)]
+    xs = [_inputs(x, f"{n}_x", spec) for (x, _), n in zip(arrays, splits)]
+    for x, n in zip(xs[1:], splits[1:]):
+        if x.shape[1:] != xs[0].shape[1:]:
+            raise TuneBudgetError(f"task.dataset: {spec} returned train and {n} inputs of different shapes per "
+                                  f"sample ({tuple(xs[0].shape[1:])} and {tuple(x.shape[1:])}); make them the same")
+    ys = [_targets(y, n, len(x), task.kind, spec) for (_, y), x, n in zip(arrays, xs, splits)]
     if task.kind == "classification":
-        top = int(max(ytr.max(), yte.max()))
+        top = int(max(ys[0].max(), ys[1].max()))
         if num_classes is not None and top >= num_classes:
             raise TuneBudgetError(f"task.dataset: {spec} returned label {top} but num_classes {num_classes}; "
                                   f"labels must be 0 … {num_classes - 1}")
         if (num_classes or top + 1) < 2:
             raise TuneBudgetError(f"task.dataset: {spec} returned labels of one class only; a classification "
                                   "task needs two or more (or set task.kind: regression)")
-    return xtr, ytr, xte, yte, num_classes
+        if val and int(ys[2].max()) >= (num_classes or top + 1):
+            raise TuneBudgetError(f"task.dataset: {spec} returned label {int(ys[2].max())} in val_y, outside the "
+                                  f"classes 0 … {(num_classes or top + 1) - 1} of the training and test labels; "
+                                  "give validation labels of those classes (or num_classes)")
+    raw = RawData(xs[0], ys[0], xs[1], ys[1], num_classes)
+    if val:
+        raw.val_x, raw.val_y = xs[2], ys[2]
+    return raw
 
 
 def _num_classes(value: Any, spec: str) -> int | None:
@@ -469,11 +538,11 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
-def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu") -> DataBundle:
-    """Load, split (fixed seed), normalise and move a data set to ``device``."""
-    num_classes: int | None = None
+def _load_raw(task: TaskSpec, seed: int) -> RawData:
+    """The task's data set as tensors (a built-in source, or your own factory), with the
+    validation split its source gives, if any."""
     if task.dataset not in SOURCES and task.user_data:
-        xtr, ytr, xte, yte, num_classes = user_data(task)
+        raw = user_data(task)
     else:
         if task.dataset not in SOURCES:
             raise TuneBudgetError(f"task.dataset: unknown data set {task.dataset!r}; use one of {', '.join(SOURCES)} "
@@ -483,39 +552,66 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
                 f"task.data_options: {task.dataset} takes no options (got {sorted(task.data_options)}); remove them"
             )
         train_x, train_y, test_x, test_y = SOURCES[task.dataset](task, seed)
-        xtr, xte = _to_float(train_x), _to_float(test_x)
-        ytr, yte = torch.from_numpy(np.ascontiguousarray(train_y)), torch.from_numpy(np.ascontiguousarray(test_y))
-    regression = task.kind == "regression"
-    ytr, yte = (ytr.float(), yte.float()) if regression else (ytr.long(), yte.long())
+        raw = RawData(_to_float(train_x), torch.from_numpy(np.ascontiguousarray(train_y)),
+                      _to_float(test_x), torch.from_numpy(np.ascontiguousarray(test_y)))
+        if task.val_root:
+            val_x, val_y = _given_val(task)
+            if len(val_x) == 0 or val_x.shape[1:] != train_x.shape[1:]:
+                raise TuneBudgetError(f"task.val_root: its validation inputs have shape {val_x.shape}, the training "
+                                      f"inputs {train_x.shape[1:]} per sample; give at least one sample of that shape")
+            raw.val_x, raw.val_y = _to_float(val_x), torch.from_numpy(np.ascontiguousarray(val_y))
+    cast = (lambda t: t.float()) if task.kind == "regression" else (lambda t: t.long())
+    raw.train_y, raw.test_y = cast(raw.train_y), cast(raw.test_y)
+    if raw.val_y is not None:
+        raw.val_y = cast(raw.val_y)
+    return raw
 
-    n_val = task.val_size if isinstance(task.val_size, int) and task.val_size >= 1 else int(len(xtr) * task.val_size)
-    if not 1 <= n_val <= len(xtr) // 2:  # more held out than trained on is a mistake, not a design
+
+def _carve(raw: RawData, task: TaskSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor, Split]:
+    """Training inputs and labels (fresh copies: normalised in place later) and the validation split:
+    the one the source gave, else ``task.val_size`` samples carved out of the training split."""
+    if raw.val_x is not None and raw.val_y is not None:
+        return raw.train_x.clone(), raw.train_y.clone(), Split(raw.val_x.clone(), raw.val_y.clone())
+    n = len(raw.train_x)
+    n_val = task.val_size if isinstance(task.val_size, int) and task.val_size >= 1 else int(n * task.val_size)
+    if not 1 <= n_val <= n // 2:  # more held out than trained on is a mistake, not a design
         raise TuneBudgetError(
-            f"task.val_size: {task.val_size} holds out {n_val} of {len(xtr)} training samples for validation, "
-            f"{'none' if n_val < 1 else 'more than half'}; use 1 to {len(xtr) // 2} (or a share up to 0.5)"
+            f"task.val_size: {task.val_size} holds out {n_val} of {n} training samples for validation, "
+            f"{'none' if n_val < 1 else 'more than half'}; use 1 to {n // 2} (or a share up to 0.5)"
         )
-    order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 17))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 17))
     val_idx, tr_idx = order[:n_val], order[n_val:]
-    x_train, x_val = xtr[tr_idx], xtr[val_idx]
-    y_train = ytr[tr_idx]
-    num_outputs = 1 if regression else num_classes or int(max(int(ytr.max()), int(yte.max())) + 1)
+    return raw.train_x[tr_idx], raw.train_y[tr_idx], Split(raw.train_x[val_idx], raw.train_y[val_idx])
+
+
+def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu") -> DataBundle:
+    """Load, split (fixed seed), normalise and move a data set to ``device``."""
+    raw = _load_raw(task, seed)
+    regression = task.kind == "regression"
+    x_train, y_train, val = _carve(raw, task, seed)
+    num_outputs = 1 if regression else raw.num_classes or int(max(int(raw.train_y.max()), int(raw.test_y.max())) + 1)
+    if not regression and int(val.y.max()) >= num_outputs:
+        raise TuneBudgetError(f"task.val_root: the validation labels include {int(val.y.max())}, outside the classes "
+                              f"0 … {num_outputs - 1} of the training and test splits; give validation samples of "
+                              "those classes")
     x_train, y_train, noisy = apply_regime(x_train, y_train, task, seed, num_outputs)
 
     mean, std = standardise(x_train, [0, 2, 3] if x_train.dim() == 4 else [0])
-    x_train.sub_(mean).div_(std)  # in place: both are fresh copies made by the indexing above
-    x_val.sub_(mean).div_(std)
-    y_val = ytr[val_idx]
+    x_train.sub_(mean).div_(std)  # in place: fresh copies made by the carve
+    val.x.sub_(mean).div_(std)
+    y_test = raw.test_y
     if regression:  # standardised targets: an MSE of 1 is what predicting the mean scores
         y_mean, y_std = standardise(y_train, [0])
-        y_train, y_val, yte = (y_train - y_mean) / y_std, (y_val - y_mean) / y_std, (yte - y_mean) / y_std
+        y_train, val.y, y_test = (y_train - y_mean) / y_std, (val.y - y_mean) / y_std, (y_test - y_mean) / y_std
     bundle = DataBundle(
         train=Split(x_train, y_train, noisy),
-        val=Split(x_val, y_val),
-        test=Split((xte - mean) / std, yte),
+        val=val,
+        test=Split((raw.test_x - mean) / std, y_test),
         kind=task.kind,
         num_outputs=num_outputs,
         input_shape=tuple(x_train.shape[1:]),
         name=task.dataset,
+        val_source="given" if raw.val_x is not None else "carved",
     )
     dev = torch.device(device)
     return bundle.to(dev, channels_last=dev.type == "cuda")

@@ -39,6 +39,11 @@ DATASETS: dict[str, str] = {
     "cifar10": "classification",
     "imagefolder": "classification",
 }
+#: Built-in data sets that read a validation split of their own from ``task.val_root``, and its layout.
+VAL_ROOT_LAYOUT = {
+    "fashion_mnist": "val-images-idx3-ubyte.gz and val-labels-idx1-ubyte.gz (IDX gz, as the training files)",
+    "imagefolder": "one folder per class, named as under task.root",
+}
 #: Built-in models; any ``package.module:factory`` callable is accepted too.
 MODELS = ("mlp", "cnn", "resnet18")
 #: Task fields that change the training split (data regimes); see TaskSpec.
@@ -61,8 +66,13 @@ class TaskSpec(_Section):
     model: str = "cnn"
     #: Directory holding the data set's files (default: TUNEBUDGET_DATA, then the Debian location).
     root: Optional[str] = None
-    #: Validation samples held out of the training set: a count, or a share if below 1.
+    #: Validation samples held out of the training set: a count, or a share if below 1. Not used
+    #: when the data brings a validation split of its own (val_root, or your factory's val_x/val_y).
     val_size: Union[int, float] = Field(default=5000, gt=0)
+    #: A directory with a validation split of its own, used as is instead of the carve (trusted
+    #: labels, when the training labels are noisy): fashion_mnist reads val-images-idx3-ubyte.gz and
+    #: val-labels-idx1-ubyte.gz there, imagefolder one folder per class.
+    val_root: Optional[str] = None
     #: On-device random flip and crop of image batches.
     augment: bool = False
     #: Extra options of the data set (e.g. synthetic: n_samples, dim, noise, redundant).
@@ -114,6 +124,11 @@ class TaskSpec(_Section):
                 f"task.model: unknown model {self.model!r}; use one of {', '.join(MODELS)} "
                 "or 'package.module:factory'"
             )
+        if self.val_root is not None and self.dataset not in VAL_ROOT_LAYOUT:
+            own = (f"return val_x and val_y (or val) from {self.dataset} instead" if self.user_data
+                   else f"use it with {' or '.join(VAL_ROOT_LAYOUT)}, or your own data set's factory")
+            raise ValueError(f"task.val_root: {self.dataset} reads no validation split from a directory; "
+                             f"remove it, or {own}")
         if self.kind == "regression":
             for name in ("label_noise", "imbalance"):
                 if getattr(self, name) != TaskSpec.model_fields[name].default:
@@ -152,6 +167,9 @@ class BudgetSpec(_Section):
     eval_samples: Optional[int] = Field(default=None, ge=1)
     #: Cost of a forward-only scoring pass relative to a training pass (sample budget only).
     scoring_cost: float = Field(default=1.0 / 3.0, gt=0, le=1)
+    #: Share of the budget to spend (train less): the run trains for ``use`` x the budget, with the LR
+    #: schedule, selection phases and validations fitted to that share, and leaves the rest unspent.
+    use: float = Field(default=1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_limit(self) -> "BudgetSpec":
@@ -169,6 +187,11 @@ class BudgetSpec(_Section):
     @property
     def amount(self) -> float:
         return float(self.seconds if self.seconds is not None else self.samples)  # type: ignore[arg-type]
+
+    @property
+    def limit(self) -> float:
+        """What the run may spend: ``use`` x the budget, in the budget's unit."""
+        return self.amount * self.use
 
 
 class TrainingSpec(_Section):
@@ -189,6 +212,11 @@ class TrainingSpec(_Section):
     #: torch CPU threads (null: torch's default). A sweep's exported policy records the threads its
     #: trials ran with, so that replaying it measures what the sweep measured.
     threads: Optional[int] = Field(default=None, ge=1, le=1024)
+    #: Return the best validated weights instead of the last (Keras' ModelCheckpoint(save_best_only),
+    #: Lightning's ModelCheckpoint): a copy of the weights is kept at each validation that improves
+    #: the task's metric (val accuracy, or val MSE for regression), and the test metrics are the kept
+    #: copy's. Its memory and copy time are reported (keep_best_bytes, keep_best_seconds).
+    keep_best: bool = False
 
     @field_validator("schedule")
     @classmethod
@@ -212,7 +240,9 @@ class SelectionSpec(_Section):
 
     strategy: str = "full"
     scorer: str = "loss"
-    ratio: float = Field(default=1.0, gt=0, le=1)
+    #: The kept share, in (0, 1]. With scorer small_loss it is 1 - tau (tau: the share of high-loss
+    #: samples dropped), and ``auto`` sets it to 1 - the noise rate estimated after warm-up.
+    ratio: Union[float, Literal["auto"]] = 1.0
     warmup: float = Field(default=0.0, ge=0, lt=1)
     rerank_every: int = Field(default=1, ge=1, le=1000)
     #: Run a forward-only scoring pass over all samples at each re-rank (else reuse training losses).
@@ -230,6 +260,17 @@ class SelectionSpec(_Section):
     #: main model then never trains on.
     il_holdout: float = Field(default=0.0, ge=0, le=0.5)
 
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _share_or_auto(cls, value: Any) -> Any:
+        if value == "auto" and isinstance(value, str):
+            return value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0 < value <= 1:  # NaN fails the comparison too
+            raise ValueError(f"selection.ratio: {value!r} is not a share; give a number in (0, 1] (the kept share) "
+                             "or auto (with scorer small_loss: 1 - the noise rate estimated after warm-up)")
+        return value
+
     @field_validator("strategy", "scorer")
     @classmethod
     def _registered(cls, value: str, info: Any) -> str:
@@ -240,7 +281,13 @@ class SelectionSpec(_Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> "SelectionSpec":
-        if self.strategy == "full" and self.ratio < 1:
+        if self.ratio == "auto" and not (self.strategy in ("topk", "online") and self.scorer == "small_loss"
+                                         and self.warmup > 0):
+            raise ValueError(
+                "selection.ratio: auto (1 - the noise rate estimated from the losses after warm-up) needs "
+                "selection.strategy topk or online, selection.scorer small_loss and selection.warmup above 0 "
+                f"(got {self.strategy}, {self.scorer}, warmup {self.warmup}); set those, or give ratio a number")
+        if self.strategy == "full" and self.ratio != 1:
             raise ValueError(
                 f"selection.ratio is {self.ratio} but selection.strategy is 'full' (all data); "
                 "set ratio to 1 or choose a strategy such as topk, sample, infobatch, online or rs2"
@@ -324,9 +371,10 @@ class BudgetPolicy(_Section):
                 f"{self.task.dataset!r} is a regression task; use one of "
                 + ", ".join(e.name for e in SCORERS if not e.needs_classes)
             )
-        if self.budget.samples is not None and self.budget.samples < self.training.batch_size:
+        if self.budget.samples is not None and self.budget.limit < self.training.batch_size:
+            spent = "" if self.budget.use == 1 else f" x budget.use {self.budget.use:g} = {self.budget.limit:g}"
             raise ValueError(
-                f"budget.samples: {self.budget.samples:g} is less than one batch "
+                f"budget.samples: {self.budget.samples:g}{spent} is less than one batch "
                 f"(training.batch_size {self.training.batch_size}); give at least a few batches"
             )
         return self

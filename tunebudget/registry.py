@@ -94,6 +94,9 @@ SCORERS.add("entropy", "tunebudget.selection.scorers:EntropyScorer", "entropy of
 SCORERS.add("random", "tunebudget.selection.scorers:RandomScorer", "uniform noise (the control)")
 SCORERS.add("assistant", "tunebudget.selection.scorers:AssistantScorer",
             "a small model's predicted chance that the loss is above the mean (AutoAssist, NeurIPS 2019)")
+SCORERS.add("small_loss", "tunebudget.selection.scorers:SmallLossScorer",
+            "minus the per-sample training loss: the lowest-loss samples rank first, the likely-clean ones "
+            "under label noise (co-teaching's small-loss trick, Han et al. 2018; no extra pass)")
 SCORERS.add("reducible", "tunebudget.selection.reducible:ReducibleLossScorer",
             "training loss minus the irreducible loss of a model trained on held-out data (RHO-LOSS, ICML 2022)",
             reads={"il_budget", "il_holdout"})

@@ -133,6 +133,62 @@ def carve(split: Split, share: float, seed: int) -> tuple[Split, Optional[Split]
     return split.subset(order[k:]), split.subset(order[:k])
 
 
+class BestWeights:
+    """The best validated weights of a run (``training.keep_best``): a copy of the model's state,
+    refreshed in place at each validation that improves ``metric`` (the first of equal values wins).
+
+    Args:
+        model: the model whose ``state_dict`` is kept (buffers included).
+        metric: the validation metric compared, e.g. ``val_accuracy``.
+        mode: ``max`` or ``min``.
+
+    Example:
+        >>> from torch import nn
+        >>> best = BestWeights(nn.Linear(2, 2), "val_accuracy", "max")
+        >>> best.offer({"val_accuracy": 0.5, "progress": 0.2}), best.offer({"val_accuracy": 0.4, "progress": 0.4})
+        (True, False)
+        >>> best.metrics["progress"], best.nbytes
+        (0.2, 24)
+    """
+
+    def __init__(self, model: nn.Module, metric: str, mode: str) -> None:
+        self.model, self.metric, self.sign = model, metric, 1.0 if mode == "max" else -1.0
+        self.state: Optional[dict[str, torch.Tensor]] = None
+        self.metrics: dict[str, Any] = {}
+        self.seconds = 0.0
+        self.copies = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in (self.state or {}).values())
+
+    def offer(self, metrics: dict[str, Any]) -> bool:
+        """Keep the model's weights if ``metrics`` beats the kept ones; True when it did."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.metrics and self.sign * value <= self.sign * self.metrics[self.metric]:
+            return False
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if self.state is None:
+                self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                for k, v in self.model.state_dict().items():
+                    self.state[k].copy_(v)
+        if any(v.is_cuda for v in self.state.values()):
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+        self.copies += 1
+        self.metrics = dict(metrics)
+        return True
+
+    def restore(self) -> None:
+        """Put the kept weights back into the model."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+
+
 class BudgetTrainer:
     """Trains ``policy.task`` under ``policy.budget`` the way ``policy.selection`` says.
 
@@ -343,6 +399,7 @@ class BudgetTrainer:
         """Train until the budget is spent (or the loss diverges, or ``on_eval`` says stop)."""
         self._maybe_compile()
         self.model.train()
+        self.best = BestWeights(self.model, *primary_metric(self.data.kind)) if self.policy.training.keep_best else None
         stats = _Stats(len(self.train), self.device)
         history: list[dict[str, Any]] = []
         evals = _EvalSchedule(self.policy.budget.eval_every)
@@ -436,6 +493,8 @@ class BudgetTrainer:
             split = split.subset(slice(0, k))
         with self.clock.paused():
             val = self.evaluate(split)
+            kept = self.best is not None and self.best.offer(
+                {"progress": self.clock.progress(), "step": stats.steps, **{f"val_{k}": v for k, v in val.items()}})
         train_s = self.clock.train_seconds()
         scoring_s = self.clock.scoring_seconds
         metrics = {
@@ -456,10 +515,16 @@ class BudgetTrainer:
             "throughput": self.clock.samples_trained / train_s if train_s > 0 else 0.0,
             "final": final,
         }
+        if self.best is not None:
+            metrics["kept"] = kept
         metrics.update({f"val_{k}": v for k, v in val.items()})
         return metrics
 
     def _finish(self, status: str, stats: _Stats, history: list[dict[str, Any]]) -> TrainResult:
+        val = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+        if self.best is not None and self.best.metrics and status != "diverged":
+            self.best.restore()  # the kept weights are what is tested and returned
+            val = {k[4:]: v for k, v in self.best.metrics.items() if k.startswith("val_")}
         t0 = time.perf_counter()
         test = self.evaluate(self.data.test) if status != "diverged" and self.evaluate_test else {}
         test_seconds = time.perf_counter() - t0
@@ -470,6 +535,8 @@ class BudgetTrainer:
             "limit": budget.kind,
             "budget_seconds": budget.seconds,
             "budget_samples": budget.samples,
+            "budget_use": budget.use,
+            "unspent_share": self.clock.unspent_share(),
             "train_seconds": train_s,
             "overshoot_seconds": self.clock.overshoot_seconds(),
             "eval_seconds": self.clock.eval_seconds,
@@ -485,7 +552,10 @@ class BudgetTrainer:
             "distinct_samples": int(stats.seen.sum()),
             "mislabelled_share": (int(stats.mislabelled) / max(self.clock.samples_trained, 1)
                                   if self.train.noisy is not None else None),
+            "noise_estimate": self.selector.noise_estimate,
             "train_size": len(self.train),
+            "val_size": len(self.data.val),
+            "val_source": self.data.val_source,
             "holdout_size": len(self.holdout) if self.holdout is not None else 0,
             "steps": stats.steps,
             "epochs": stats.epochs,
@@ -496,8 +566,16 @@ class BudgetTrainer:
             "parameters": count_parameters(self.model),
             "policy_digest": self.policy.digest(),
         }
-        val = {k[4:]: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+        result_stats.update(self._keep_best_stats())
         return TrainResult(status, self.policy, test, val, history, result_stats)
+
+    def _keep_best_stats(self) -> dict[str, Any]:
+        if self.best is None:
+            return {}
+        kept = self.best.metrics
+        return {"kept_progress": kept.get("progress"), "kept_step": kept.get("step"),
+                "keep_best_bytes": self.best.nbytes, "keep_best_seconds": self.best.seconds,
+                "keep_best_copies": self.best.copies}
 
 
 class _ScorerModels:
@@ -516,7 +594,7 @@ class _ScorerModels:
         t, spec = self.t, self.t.policy.budget
         sub = BudgetClock(BudgetSpec(seconds=spec.seconds * share if spec.seconds else None,
                                      samples=spec.samples * share if spec.samples else None,
-                                     scoring_cost=spec.scoring_cost))
+                                     scoring_cost=spec.scoring_cost, use=spec.use))
         model = t._build_model()
         model.train()
         opt = t._build_optimizer(model)

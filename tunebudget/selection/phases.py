@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from tunebudget.policy import SelectionSpec
 from tunebudget.registry import STRATEGIES
 from tunebudget.selection.base import EpochPlan, Strategy
+from tunebudget.selection.scorers import estimate_noise
 
 
 class Selector:
@@ -39,6 +42,10 @@ class Selector:
         #: Importance of each sample; NaN until the sample has been scored (then it ranks first).
         #: Empty for strategies that never read scores (rs2, full): no bookkeeping for them.
         self.scores = torch.full((n if spec.scores else 0,), float("nan"), device=device)
+        #: The kept share in the selection phase; for ``ratio: auto`` (small_loss) None until the
+        #: noise rate is estimated from the scores (minus the losses) at the end of warm-up.
+        self.ratio: Optional[float] = None if spec.ratio == "auto" else float(spec.ratio)
+        self.noise_estimate: Optional[float] = None
 
     # ---- phases ----
     def phase(self, p: float) -> str:
@@ -56,10 +63,13 @@ class Selector:
         s = self.spec
         if self.phase(p) != "select":
             return 1.0
+        if self.ratio is None:
+            self.noise_estimate = estimate_noise(-self.scores, self.gen.initial_seed() % 2**32)
+            self.ratio = max(1.0 - self.noise_estimate, 1.0 / self.n)
         if s.shrink_span > 0:
             t = min(1.0, (p - s.warmup) / s.shrink_span)
-            return 1.0 - t * (1.0 - s.ratio)
-        return s.ratio
+            return 1.0 - t * (1.0 - self.ratio)
+        return self.ratio
 
     # ---- scores ----
     @property
@@ -73,7 +83,10 @@ class Selector:
 
     def needs_rescore(self, p: float) -> bool:
         """Whether the next epoch re-reads the scores (so a fresh scoring pass, if asked for, is due)."""
-        return self.phase(p) == "select" and self.uses_scores and self.strategy.rank_due(self.share(p))
+        if self.phase(p) != "select" or not self.uses_scores:
+            return False
+        # ratio auto, not yet estimated: the first selection plan ranks (and estimates, from fresh scores)
+        return self.ratio is None or self.strategy.rank_due(self.share(p))
 
     # ---- plans ----
     def plan(self, p: float) -> EpochPlan:

@@ -6,6 +6,13 @@
   rows of those two classes; small margins are important, so the score is ``-MMS``. Without a
   final linear layer it falls back to the plain logit margin ``-(z1 - z2)``.
 * ``entropy``: the entropy of the softmax.
+* ``small_loss``: minus the per-sample training loss, so that the *lowest*-loss samples rank
+  first: under label noise a network learns the clean samples before it memorises the wrong
+  ones, so the small-loss ones are likely clean (co-teaching, Han et al. 2018,
+  https://arxiv.org/abs/1804.06872; MentorNet's self-paced curriculum, Jiang et al. 2018). With
+  ``topk`` (epoch level) or ``online`` (per batch), ``ratio`` is the kept share ``1 - tau``;
+  ``delayed shrinking`` (``shrink_span``) is co-teaching's ramp of ``tau`` from 0, and ``ratio: auto``
+  estimates the noise rate from the losses (:func:`estimate_noise`).
 * ``random``: uniform noise (the control).
 * ``assistant``: the predicted probability, from a small model trained alongside the main one,
   that the sample's loss is above the running mean (see :class:`Assistant`).
@@ -59,6 +66,44 @@ class EntropyScorer(Scorer):
     def score(self, batch: Batch) -> torch.Tensor:
         assert batch.logits is not None
         return entropy_scores(batch.logits.detach())
+
+
+class SmallLossScorer(Scorer):
+    def score(self, batch: Batch) -> torch.Tensor:
+        assert batch.losses is not None
+        return -batch.losses.detach().float()
+
+
+#: ``ratio: auto`` never drops more than this share of the samples, whatever the estimate says.
+MAX_NOISE_ESTIMATE = 0.8
+
+
+def estimate_noise(losses: torch.Tensor, seed: int = 0) -> float:
+    """The share of samples that a two-component Gaussian mixture on their losses puts in the
+    high-loss component: an estimate of the label-noise rate (DivideMix, Li et al. 2020,
+    https://arxiv.org/abs/2002.07394, fits the same mixture to split clean from noisy samples).
+
+    The losses are scaled to [0, 1] first, as DivideMix does; never-scored samples (NaN) are left
+    out. The mixture is scikit-learn's ``GaussianMixture``. Clean data has no second mode, but the
+    mixture still finds one in its tail of hard samples, so the estimate is not 0 there: measure
+    before trusting it (README, Small noisy data). Capped at :data:`MAX_NOISE_ESTIMATE`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean, noisy = torch.rand(700, generator=g) * 0.3, 2 + torch.rand(300, generator=g)
+        >>> round(estimate_noise(torch.cat([clean, noisy])), 2)
+        0.3
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = losses[torch.isfinite(losses)].double().cpu().numpy()
+    if x.size < 10 or x.max() - x.min() <= 1e-12:
+        return 0.0
+    x = ((x - x.min()) / (x.max() - x.min())).reshape(-1, 1)
+    gmm = GaussianMixture(n_components=2, max_iter=20, tol=1e-2, reg_covar=5e-4, random_state=seed).fit(x)
+    high = int(gmm.means_.argmax())
+    share = float((gmm.predict_proba(x)[:, high] > 0.5).mean())
+    return min(share, MAX_NOISE_ESTIMATE)
 
 
 class RandomScorer(Scorer):

@@ -28,10 +28,26 @@ regimes the share of trained samples whose label was wrong.
 Output (``--out``, default ``bench/results/cpu``): ``regimes.md``, ``regimes.json`` (every run),
 ``regimes_delta.png``, ``regimes_curves.png``; logged to MLflow (experiment ``bench_regimes``).
 
+**The many-pass suite** (``--suite many``): small data sets and budgets that buy many passes over
+them, where full data memorises wrong labels. The MLP on a 10k or a 5k subset of the training split,
+clean, 20% and 40% symmetric noise, 30% pair noise, at 20 and 50 passes over the subset (``10k_n40_50p``
+...), plus ``cnn_10k_n40_20p`` (the CNN, ``--regimes`` it in: ~10 min more). Every policy of the short
+suite, and the baselines that train less: full + linear at ``budget.use`` shares 0.05-0.5 with the share
+chosen **per seed on validation** (``full_best_use``), full + linear with the best validated weights
+(``full_keep_best``); small-loss selection, top-k with the noise rate estimated (``small_loss_topk``,
+``ratio: auto``; its best share chosen on validation too, ``small_loss_topk_best_use``), online, and with
+the noise rate known (``small_loss_topk_known``, co-teaching's setting: tau = the noise rate, ramped over 5%
+of the budget). Every policy is compared with **the strongest full-data baseline** (of full + linear,
+``full_best_use`` and ``full_keep_best``, the one with the best mean test accuracy: the choice favours the
+baseline) by a **paired** test over the seeds. The 50-pass 10k regimes (the headline) run every policy
+with 5 seeds; the others a core set with 3. Output: ``many_passes.md``, ``many_passes.json``,
+``memorisation.png`` (test accuracy against passes over the data).
+
 Usage:
     python bench/regimes.py                                   # ~45 min on 2 cores
     python bench/regimes.py --best noise40=best_policy.yaml   # adds a sweep's best policy to a regime
     python bench/regimes.py --regimes noise40 --seeds 2 --wall-seeds 0   # a quick look
+    python bench/regimes.py --suite many                      # small noisy data, many passes (~1 h)
 """
 
 from __future__ import annotations
@@ -58,6 +74,20 @@ REGIMES: dict[str, dict[str, Any]] = {
     "dup3": {"task": {"model": "mlp", "duplicates": 3}, "samples": MLP_PASSES},
     "longtail10": {"task": {"model": "mlp", "imbalance": 10}, "samples": MLP_PASSES},
 }
+SHORT = list(REGIMES)
+NOISE = {"clean": {}, "n20": {"label_noise": 0.2}, "n40": {"label_noise": 0.4},
+         "pairs30": {"label_noise": 0.3, "noise_kind": "pairs"}}
+MANY = []
+for _n in (10_000, 5_000):
+    for _passes in (50, 20):
+        for _tag, _noise in NOISE.items():
+            MANY.append(f"{_n // 1000}k_{_tag}_{_passes}p")
+            REGIMES[MANY[-1]] = {"task": {"model": "mlp", "train_subset": _n, **_noise}, "samples": _n * _passes,
+                                 "eval_every": 0.02, "passes": _passes, "seeds": 5 if _passes == 50 and _n == 10_000 else 3,
+                                 "all_policies": _passes == 50 and _n == 10_000}
+REGIMES["cnn_10k_n40_20p"] = {"task": {"model": "cnn", "train_subset": 10_000, "label_noise": 0.4}, "samples": 200_000,
+                              "eval_every": 0.02, "passes": 20, "seeds": 3, "cnn": True}
+SUITES = {"short": SHORT, "many": MANY}
 RATIO = 0.5
 EPOCH_LEVEL = {"ratio": RATIO, "warmup": 0.2, "rerank_every": 2, "final_full": 0.1}
 POLICIES: dict[str, dict[str, Any]] = {
@@ -76,13 +106,41 @@ POLICIES: dict[str, dict[str, Any]] = {
 REFERENCE = "full_linear"
 SPACE = ROOT / "search_spaces" / "fashion_mnist_cnn.yaml"
 
+#: Many-pass suite: shares of the budget for the train-less baselines (1.0 is full_linear itself).
+USE_SHARES = (0.05, 0.1, 0.2, 0.3, 0.5)
+SMALL_LOSS = {"strategy": "topk", "scorer": "small_loss", "ratio": "auto", "warmup": 0.05, "shrink_span": 0.05}
+SMALL_LOSS_SHARES = (0.2, 0.5)
+#: name -> {selection, training, budget}; "member_of": a run whose best share (per seed, on validation)
+#: makes the derived policy; "known": ratio = 1 - the regime's noise rate (noisy regimes only).
+MANY_POLICIES: dict[str, dict[str, Any]] = {
+    "full_linear": {"selection": {"strategy": "full"}},
+    **{f"full_use{u:g}": {"selection": {"strategy": "full"}, "budget": {"use": u}, "member_of": "full_best_use"}
+       for u in USE_SHARES},
+    "full_keep_best": {"selection": {"strategy": "full"}, "training": {"keep_best": True}},
+    **{name: {"selection": sel} for name, sel in POLICIES.items() if name not in ("full_linear", "topk_random")},
+    "small_loss_topk": {"selection": SMALL_LOSS},
+    **{f"small_loss_topk_use{u:g}": {"selection": SMALL_LOSS, "budget": {"use": u}, "member_of": "small_loss_topk_best_use"}
+       for u in SMALL_LOSS_SHARES},
+    "small_loss_online": {"selection": {**SMALL_LOSS, "strategy": "online"}},
+    "small_loss_topk_known": {"selection": {"strategy": "topk", "scorer": "small_loss", "shrink_span": 0.05}, "known": True},
+}
+#: Derived policies: the best share of their members (and of the whole-budget run), per seed, on validation.
+BEST_USE = {"full_best_use": "full_linear", "small_loss_topk_best_use": "small_loss_topk"}
+FULL_DATA = ("full_linear", "full_best_use", "full_keep_best")
+CORE = ["full_linear", *(f"full_use{u:g}" for u in USE_SHARES), "full_keep_best", "rs2", "topk_margin",
+        "topk_reducible", "online_reducible", "small_loss_topk", *(f"small_loss_topk_use{u:g}" for u in SMALL_LOSS_SHARES),
+        "small_loss_online", "small_loss_topk_known"]
+CNN = ["full_linear", *(f"full_use{u:g}" for u in USE_SHARES), "full_keep_best", "small_loss_topk",
+       "small_loss_online", "small_loss_topk_known"]
+
 
 # ---- one run (in a worker process) ----------------------------------------------------------------
 
 _DATA: dict[str, Any] = {}
 
 
-def make_policy(regime: str, name: str, selection: dict, training: dict, kind: str, budget: float, seed: int):
+def make_policy(regime: str, name: str, selection: dict, training: dict, kind: str, budget: float, seed: int,
+                budget_extra: Optional[dict] = None):
     from tunebudget.policy import load_policy, policy_from_dict
 
     r = REGIMES[regime]
@@ -93,7 +151,7 @@ def make_policy(regime: str, name: str, selection: dict, training: dict, kind: s
         data["task"]["model_options"] = {}
     data["budget"] = {**data["budget"], "seconds": budget if kind == "seconds" else None,
                       "samples": budget if kind == "samples" else None,
-                      "eval_every": r.get("eval_every", 0.1), "eval_samples": None}
+                      "eval_every": r.get("eval_every", 0.1), "eval_samples": None, **(budget_extra or {})}
     data["training"].update(training)
     data["selection"] = dict(selection)
     data["seed"] = seed
@@ -108,7 +166,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     policy = make_policy(job["regime"], job["policy"], job["selection"], job["training"], job["kind"],
-                         job["budget"], job["seed"])
+                         job["budget"], job["seed"], job.get("budget_extra"))
     key = json.dumps([policy.task.model_dump(mode="json"), policy.seed], sort_keys=True)
     if key not in _DATA:
         _DATA.clear()
@@ -120,14 +178,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             "status": result.status, "wall_seconds": time.perf_counter() - t0,
             "test_accuracy": result.test.get("accuracy", float("nan")),
             "val_accuracy": result.val.get("accuracy", float("nan")),
-            **{k: s[k] for k in ("train_seconds", "scoring_seconds", "il_seconds", "samples_seen",
-                                 "sample_passes_charged", "candidates_scored", "mislabelled_share", "train_size")},
+            **{k: s.get(k) for k in ("train_seconds", "scoring_seconds", "il_seconds", "samples_seen",
+                                     "sample_passes_charged", "candidates_scored", "mislabelled_share", "train_size",
+                                     "noise_estimate", "kept_progress", "budget_use", "unspent_share")},
             "history": [{"progress": h["progress"], "train_seconds": h["train_seconds"],
                          "val_accuracy": h["val_accuracy"]} for h in result.history]}
 
 
-def run_all(jobs: list[dict[str, Any]], workers: int, label: str) -> list[dict[str, Any]]:
-    rows = []
+def _job_key(job: dict[str, Any]) -> str:
+    return json.dumps([job[k] for k in ("regime", "policy", "seed", "kind")] + [round(float(job["budget"]), 6)])
+
+
+def run_all(jobs: list[dict[str, Any]], workers: int, label: str,
+            reuse: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
+    """Run the jobs (a row per run); rows of ``reuse`` that match a job (regime, policy, seed, kind,
+    budget) are taken instead of running it again (a resumed or extended benchmark)."""
+    done = {_job_key(r): r for r in reuse or []}
+    rows = [done[_job_key(j)] for j in jobs if _job_key(j) in done]
+    jobs = [j for j in jobs if _job_key(j) not in done]
+    if rows:
+        print(f"[{label}] {len(rows)} runs reused, {len(jobs)} to run", file=sys.stderr, flush=True)
     t0 = time.time()
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=None) as pool:
         for i, row in enumerate(pool.imap(run_job, jobs, chunksize=1)):
@@ -146,6 +216,146 @@ def jobs_for(regimes: list[str], policies: dict[str, dict], seeds: int, kind: st
              "selection": p["selection"], "training": p.get("training", {})}
             for r in regimes for seed in range(seeds) for name, p in policies.items()
             if name != "sweep_best" or r in p.get("regimes", ())]
+
+
+def many_jobs(regimes: list[str], kind: str, budgets: dict[str, float], seeds: Optional[int] = None,
+              best: Optional[dict[str, Any]] = None, core_only: bool = False) -> list[dict[str, Any]]:
+    """The many-pass suite's runs, regime by regime and seed by seed (a worker's data cache holds)."""
+    jobs = []
+    for regime in regimes:
+        r = REGIMES[regime]
+        names = CNN if r.get("cnn") else (list(MANY_POLICIES) if r.get("all_policies") and not core_only else CORE)
+        noise = r["task"].get("label_noise", 0.0)
+        specs = {n: MANY_POLICIES[n] for n in names if not (MANY_POLICIES[n].get("known") and noise == 0)}
+        if best and regime in best["regimes"]:
+            specs["sweep_best"] = best
+        for seed in range(seeds or r["seeds"]):
+            for name, spec in specs.items():
+                selection = dict(spec["selection"])
+                if spec.get("known"):
+                    selection["ratio"] = round(1 - noise, 4)
+                jobs.append({"regime": regime, "policy": name, "seed": seed, "kind": kind, "budget": budgets[regime],
+                             "selection": selection, "training": spec.get("training", {}),
+                             "budget_extra": spec.get("budget")})
+    return jobs
+
+
+def _by_seed(rows: list[dict], name: str) -> dict[int, dict]:
+    return {r["seed"]: r for r in rows if r["policy"] == name}
+
+
+def _derived(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    """Per policy, its runs by seed; a BEST_USE policy is, per seed, the run of its members (the
+    whole-budget run included) with the best validation accuracy: the share a user would pick."""
+    out = {name: _by_seed(rows, name) for name in dict.fromkeys(r["policy"] for r in rows)}
+    for derived, whole in BEST_USE.items():
+        members = [whole] + [n for n, p in MANY_POLICIES.items() if p.get("member_of") == derived]
+        seeds = set.intersection(*(set(out.get(m, {})) for m in members)) if all(m in out for m in members) else set()
+        if seeds:
+            out[derived] = {k: max((out[m][k] for m in members), key=lambda r: r["val_accuracy"]) for k in sorted(seeds)}
+    return out
+
+
+def _mean(runs: dict[int, dict], key: str = "test_accuracy") -> float:
+    return statistics.fmean(r[key] for r in runs.values())
+
+
+def summarise_many(rows: list[dict], kind: str) -> tuple[list[str], dict]:
+    """Per regime: every policy against the strongest full-data baseline (paired over seeds), and a
+    headline row per regime."""
+    from tunebudget.report import paired
+
+    lines, table = [], {}
+    head = ["", "| regime | full + linear | strongest full-data baseline | best selective (chosen on validation) | "
+            "Δ (points) [95% CI] | paired t p | beats it? |", "|---" * 7 + "|"]
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        mine = [r for r in rows if r["regime"] == regime and r["kind"] == kind and r["status"] == "completed"]
+        if not mine:
+            continue
+        runs = _derived(mine)
+        base_name = max((n for n in FULL_DATA if n in runs), key=lambda n: _mean(runs[n]))
+        base = {k: r["test_accuracy"] for k, r in runs[base_name].items()}
+        full = {k: r["test_accuracy"] for k, r in runs[REFERENCE].items()}
+        unit = "sample passes" if kind == "samples" else "s"
+        lines += ["", f"### {regime} ({mine[0]['budget']:g} {unit}; strongest full-data baseline: {base_name}, "
+                  f"{_mean(runs[base_name]) * 100:.2f})", "",
+                  "| policy | test accuracy (%) | Δ vs strongest (points) [95% CI] | paired t p | Wilcoxon p | beats it? | "
+                  "Δ vs full_linear | mislabelled share | noise estimate | share used | val accuracy (%) |",
+                  "|---" * 11 + "|"]
+        shown = [n for n in runs if not MANY_POLICIES.get(n, {}).get("member_of")]
+        for name in shown:
+            got = runs[name]
+            acc = [r["test_accuracy"] for r in got.values()]
+            mine_by_seed = {k: r["test_accuracy"] for k, r in got.items()}
+            cmp = paired(mine_by_seed, base) if name != base_name else None
+            vs_full = paired(mine_by_seed, full) if name != REFERENCE else None
+            mis = [r["mislabelled_share"] for r in got.values() if r.get("mislabelled_share") is not None]
+            est = [r["noise_estimate"] for r in got.values() if r.get("noise_estimate") is not None]
+            use = [r.get("budget_use") or 1.0 for r in got.values()]
+            std = statistics.stdev(acc) * 100 if len(acc) > 1 else 0.0
+            lines.append(
+                f"| {name} | {statistics.fmean(acc) * 100:.2f} ± {std:.2f} (n={len(acc)}) | "
+                + (f"{cmp.diff * 100:+.2f} [{cmp.low * 100:+.2f}, {cmp.high * 100:+.2f}] | {cmp.p:.3f} | "
+                   f"{cmp.p_wilcoxon:.3f} | {'**yes**' if cmp.beats else 'no'} | " if cmp else "— | — | — | — | ")
+                + (f"{vs_full.diff * 100:+.2f} | " if vs_full else "— | ")
+                + (f"{statistics.fmean(mis) * 100:.1f}% | " if mis else "— | ")
+                + (f"{statistics.fmean(est):.2f} | " if est else "— | ")
+                + f"{'/'.join(f'{u:g}' for u in use) if len(set(use)) > 1 else f'{use[0]:g}'} | "
+                + f"{_mean(got, 'val_accuracy') * 100:.2f} |")
+            table[(regime, name)] = {"mean": statistics.fmean(acc), "std": std / 100, "n": len(acc),
+                                     "diff": cmp.diff if cmp else 0.0, "low": cmp.low if cmp else 0.0,
+                                     "high": cmp.high if cmp else 0.0, "p": cmp.p if cmp else float("nan"),
+                                     "beats": bool(cmp and cmp.beats), "baseline": base_name,
+                                     "vs_full": vs_full.diff if vs_full else 0.0,
+                                     "mislabelled": statistics.fmean(mis) if mis else None,
+                                     "noise_estimate": statistics.fmean(est) if est else None,
+                                     "val": _mean(got, "val_accuracy")}
+        selective = [n for n in shown if n not in FULL_DATA]
+        if selective:
+            pick = max(selective, key=lambda n: table[(regime, n)]["val"])
+            t = table[(regime, pick)]
+            head.append(f"| {regime} | {_mean(runs[REFERENCE]) * 100:.2f} | {base_name} {_mean(runs[base_name]) * 100:.2f} | "
+                        f"{pick} {t['mean'] * 100:.2f} | {t['diff'] * 100:+.2f} [{t['low'] * 100:+.2f}, "
+                        f"{t['high'] * 100:+.2f}] | {t['p']:.3f} | {'**yes**' if t['beats'] else 'no'} |")
+            table[(regime, "_headline")] = {"pick": pick, **t}
+    return head + lines, table
+
+
+def plot_memorisation(rows: list[dict], out: Path) -> Path:
+    """Test accuracy against the passes over the data actually trained (budget.use x passes): the
+    memorisation curve of full + linear and the curve of small-loss top-k, per noise kind (10k subset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(NOISE), figsize=(4.2 * len(NOISE), 3.8), squeeze=False)
+    samples = [r for r in rows if r["kind"] == "samples" and r["status"] == "completed"]
+    for ax, tag in zip(axes[0], NOISE):
+        for label, prefix, color in (("full + linear", "full_", "C0"), ("small-loss top-k", "small_loss_topk", "C3")):
+            points: dict[float, list[float]] = {}
+            for passes in (50, 20):
+                regime = f"10k_{tag}_{passes}p"
+                for r in samples:
+                    if r["regime"] != regime or not (r["policy"] == (REFERENCE if prefix == "full_" else prefix)
+                                                     or (r["policy"].startswith(prefix + "use") if prefix == "full_"
+                                                         else r["policy"].startswith(prefix + "_use"))):
+                        continue
+                    points.setdefault(round((r.get("budget_use") or 1.0) * passes, 3), []).append(r["test_accuracy"] * 100)
+            if points:
+                xs = sorted(points)
+                ax.plot(xs, [statistics.fmean(points[x]) for x in xs], "o-", color=color, label=label, ms=3)
+        ax.set_xscale("log")
+        ax.set_title(f"10k samples, {tag}", fontsize=9)
+        ax.set_xlabel("passes over the data trained (budget.use x passes)", fontsize=8)
+        ax.set_ylabel("test accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "memorisation.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ---- summaries ---------------------------------------------------------------------------------------
@@ -276,28 +486,36 @@ def load_best(specs: list[str]) -> Optional[dict[str, Any]]:
         policy = load_policy(path)
         regimes.append(regime)
     assert policy is not None
-    return {"selection": policy.selection.model_dump(), "regimes": regimes,
+    return {"selection": policy.selection.model_dump(), "regimes": regimes, "budget": {"use": policy.budget.use},
             "training": {k: v for k, v in policy.training.model_dump().items() if k != "compile"}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--regimes", default=",".join(REGIMES))
+    ap.add_argument("--regimes", help="comma-separated (default: the suite's own)")
     ap.add_argument("--policies", default=",".join(POLICIES))
-    ap.add_argument("--seeds", type=int, default=5, help="paired seeds under the sample budget (the headline)")
+    ap.add_argument("--seeds", type=int, help="paired seeds under the sample budget (the headline; default 5, "
+                    "and the many-pass suite's own per regime)")
     ap.add_argument("--wall-seeds", type=int, default=3, help="paired seeds under wall clock (0: skip)")
-    ap.add_argument("--wall-regimes", default=",".join(r for r in REGIMES if r != "clean_cnn"),
-                    help="regimes also run under wall clock (default: all but clean_cnn, whose runs take "
-                         "36 s each with two at once; bench/selection_vs_baselines.py covers the clean CNN "
-                         "under wall clock)")
+    ap.add_argument("--wall-regimes", help="regimes also run under wall clock (default: all but clean_cnn, whose runs take "
+                    "36 s each with two at once; bench/selection_vs_baselines.py covers the clean CNN under wall clock; "
+                    "many-pass suite: the 10k 50-pass regimes)")
     ap.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each")
     ap.add_argument("--best", action="append", default=[], metavar="REGIME=FILE",
                     help="a sweep's best policy for a regime (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cpu"))
     ap.add_argument("--tracking-uri", help="MLflow store (default ./mlflow)")
+    ap.add_argument("--reuse", metavar="JSON", help="many-pass suite: take the runs of an earlier many_passes.json "
+                    "instead of running them again (same regime, policy, seed, budget); run only what is missing")
+    ap.add_argument("--suite", choices=list(SUITES), default="short",
+                    help="short: the 5-pass regimes (default); many: small data sets, many passes (~1 h)")
     args = ap.parse_args()
+    if args.suite == "many":
+        return main_many(args)
 
-    regimes = [r.strip() for r in args.regimes.split(",")]
+    regimes = [r.strip() for r in (args.regimes or ",".join(SHORT)).split(",")]
+    args.seeds = args.seeds or 5
+    args.wall_regimes = args.wall_regimes or ",".join(r for r in SHORT if r != "clean_cnn")
     policies = {n: {"selection": POLICIES[n]} for n in (p.strip() for p in args.policies.split(","))}
     best = load_best(args.best)
     if best:
@@ -330,20 +548,71 @@ def main() -> int:
     return 0
 
 
-def log_to_mlflow(args, out: Path, pngs: list[Path], tables: dict, took: float) -> None:
+def main_many(args) -> int:
+    """The many-pass suite: sample budget (the headline), then wall clock on the 10k 50-pass regimes."""
+    regimes = [r.strip() for r in (args.regimes or ",".join(MANY)).split(",")]
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise SystemExit(f"--regimes: unknown regime {unknown[0]!r}; use {', '.join(MANY)} or cnn_10k_n40_20p")
+    best = load_best(args.best)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None
+    rows = run_all(many_jobs(regimes, "samples", {r: REGIMES[r]["samples"] for r in regimes}, args.seeds, best),
+                   args.workers, "samples", reuse)
+    took_samples = time.time() - t0
+    wall = [r.strip() for r in (args.wall_regimes or ",".join(r for r in regimes if r.startswith("10k_")
+                                                                and r.endswith("_50p"))).split(",") if r.strip()]
+    wall = [r for r in wall if r in regimes]
+    if args.wall_seeds and wall:
+        seconds = {r: statistics.median(x["train_seconds"] for x in rows if x["regime"] == r and x["policy"] == REFERENCE)
+                   for r in wall}
+        rows += run_all(many_jobs(wall, "seconds", seconds, args.wall_seeds, best, core_only=True), args.workers, "wall",
+                        reuse)
+    took = time.time() - t0
+    md = [f"# Small noisy data, many passes: Fashion-MNIST, CPU ({args.workers} runs at once, 1 thread each)", "",
+          f"Command: `python bench/regimes.py {' '.join(sys.argv[1:])}`; took {took / 60:.0f} min "
+          f"({took_samples / 60:.0f} min under the sample budget).", "",
+          "Δ: paired over seeds (seed k: the same subset, label noise, validation split and initialisation for every "
+          "policy) against the strongest full-data baseline of the regime (of full_linear, full_best_use and "
+          "full_keep_best, the one with the best mean test accuracy); 95% CI of the mean difference; one-sided paired "
+          "t-test and Wilcoxon signed-rank test; 'beats' = the interval lies above zero. *_best_use: per seed, the "
+          "budget.use share (0.05-1) with the best validation accuracy. The best selective policy of the headline "
+          "is the one with the best mean validation accuracy.", "", "## Deterministic budget (sample passes; the headline)"]
+    tables = {}
+    lines, tables["samples"] = summarise_many(rows, "samples")
+    md += lines
+    if any(r["kind"] == "seconds" for r in rows):
+        md += ["", "## Wall-clock budget (each regime: the median time full + linear took for its sample budget; "
+               f"{args.wall_seeds} paired seeds, the core policies)"]
+        lines, tables["seconds"] = summarise_many(rows, "seconds")
+        md += lines
+    (out / "many_passes.md").write_text("\n".join(md) + "\n")
+    (out / "many_passes.json").write_text(json.dumps(rows))
+    pngs = [plot_memorisation(rows, out)]
+    print("\n".join(md))
+    flat = {kind: {k: v for k, v in t.items() if k[1] != "_headline"} for kind, t in tables.items()}
+    log_to_mlflow(args, out, pngs, flat, took, files=("many_passes.md", "many_passes.json"), name="many_passes")
+    return 0
+
+
+def log_to_mlflow(args, out: Path, pngs: list[Path], tables: dict, took: float,
+                  files: tuple[str, ...] = ("regimes.md", "regimes.json"), name: str = "regimes") -> None:
     from tunebudget.tracking import Tracker
 
     tracker = Tracker(args.tracking_uri)
     exp = tracker.experiment_id("bench_regimes")
-    run = tracker.start_run(exp, f"regimes-{time.strftime('%Y%m%d-%H%M%S')}", {"command": " ".join(sys.argv)},
-                            {"regimes": args.regimes, "seeds": args.seeds, "wall_seeds": args.wall_seeds})
+    run = tracker.start_run(exp, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", {"command": " ".join(sys.argv)},
+                            {"regimes": args.regimes, "seeds": args.seeds, "wall_seeds": args.wall_seeds,
+                             "suite": args.suite})
     metrics = {"bench_minutes": took / 60}
     for kind, table in tables.items():
         for (regime, name), v in table.items():
             metrics[f"{kind}.{regime}.{name}.test_accuracy"] = v["mean"]
             metrics[f"{kind}.{regime}.{name}.delta_vs_full"] = v["diff"]
     tracker.log_metrics(run, metrics)
-    for path in [out / "regimes.md", out / "regimes.json", *pngs]:
+    for path in [*(out / f for f in files), *pngs]:
         tracker.log_file(run, path)
     tracker.finish(run)
 

@@ -260,3 +260,29 @@ def test_auto_ratio_needs_small_loss_and_a_warmup(tmp_path, cli):
         policy = write_yaml(tmp_path / "p.yaml", tiny_policy(selection=selection))
         res = cli("train", str(policy), "--quiet")
         assert res.returncode == 2 and "selection.ratio: auto" in res.stderr, res.stderr
+
+
+# ---- the sweep's verdict: paired over the confirmation seeds -----------------------------------
+
+def test_verdict_is_paired_on_shared_seeds_and_sees_what_welch_cannot():
+    """Seed effects shared by both policies (the split, the noise draw) swamp a small, consistent
+    difference for Welch's test; the paired test sees it."""
+    from tunebudget.report import Candidate, verdict
+
+    shared = [0.80, 0.86, 0.83, 0.89, 0.85]
+    best = Candidate("top1", "searched", {}, values=[v + 0.004 for v in shared], seeds=[0, 1, 2, 3, 4])
+    base = Candidate("full_use0.1", "baseline", {}, values=shared, seeds=[0, 1, 2, 3, 4])
+    v = verdict([best, base], "max", "val_accuracy")
+    assert v.test == "paired" and v.beats and v.paired.n == 5
+    assert "paired over 5 seeds: 95% CI [+0.0040, +0.0040]" in v.text
+    unpaired = verdict([Candidate("top1", "searched", {}, values=best.values),
+                        Candidate("full_use0.1", "baseline", {}, values=shared)], "max", "val_accuracy")
+    assert unpaired.test == "welch" and not unpaired.beats and "none shared" in unpaired.text
+    # the bar: a difference of 0.004 does not clear min_effect 0.005
+    assert not verdict([best, base], "max", "val_accuracy", min_effect=0.005).beats
+    # a lower MSE: differences and the interval as measured (negative), judged in the better direction
+    worse = Candidate("top1", "searched", {}, values=[0.5 - 0.01 * k for k in range(4)], seeds=[0, 1, 2, 3])
+    ref = Candidate("full_linear", "baseline", {}, values=[0.52 - 0.01 * k - 0.001 * (k % 2) for k in range(4)],
+                    seeds=[0, 1, 2, 3])
+    v = verdict([worse, ref], "min", "val_mse")
+    assert v.beats and "lower is better; paired over 4 seeds: 95% CI [-0.0" in v.text

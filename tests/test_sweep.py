@@ -52,6 +52,9 @@ def test_sweep_finishes_with_a_verdict(finished_sweep):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Verdict" in proc.stdout and "Best policy" in proc.stdout
     assert "Traceback" not in proc.stderr
+    # confirmation seed k is the same for every candidate: the verdict is paired over them (unless no
+    # searched policy beat the baselines, when there is nothing to compare)
+    assert "paired over 2 seeds: 95% CI" in proc.stdout or "No searched policy beats the baselines" in proc.stdout
 
 
 def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):

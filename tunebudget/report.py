@@ -36,6 +36,12 @@ class Candidate:
     values: list[float] = field(default_factory=list)
     curves: list[list[tuple[float, float]]] = field(default_factory=list)
     search_value: Optional[float] = None
+    #: The seed of each value (confirmation seed k is the same data split, subset, label noise and
+    #: initialisation for every candidate); empty when unknown, and then nothing is paired.
+    seeds: list[int] = field(default_factory=list)
+
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values)) if len(self.seeds) == len(self.values) else {}
 
     @property
     def mean(self) -> float:
@@ -54,14 +60,22 @@ class Verdict:
     p_value: float
     beats: bool
     text: str
+    #: The paired comparison on shared seeds (None: unpaired, judged by Welch's test).
+    paired: Optional["Paired"] = None
+    #: ``paired`` or ``welch``: the test the verdict rests on.
+    test: str = "welch"
 
 
-def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
+def verdict(candidates: Sequence[Candidate], mode: str, metric: str, min_effect: float = 0.0) -> Verdict:
     """Does the best confirmed policy beat the best baseline beyond the seed noise?
 
-    "Beyond the noise" means: the difference of the means is larger than the larger of the two
-    standard deviations *and* Welch's t-test gives p < 0.05 (one-sided). With fewer than two
-    seeds on either side no claim is made.
+    When the two ran on at least two shared seeds (the confirmation stage gives every candidate the
+    same seeds), the verdict is **paired**: the per-seed differences, their mean with a 95% confidence
+    interval, a one-sided paired t-test and the Wilcoxon signed-rank test as a check; "beats" means the
+    whole interval lies above ``min_effect`` (in the metric's units, better-is-positive). Otherwise
+    (values without seeds, or no shared seeds) it falls back to Welch's test: the difference of the
+    means is larger than the larger of the two standard deviations and Welch's one-sided p < 0.05.
+    With fewer than two seeds on either side no claim is made.
     """
     sign = 1.0 if mode == "max" else -1.0
     scored = [c for c in candidates if c.values]
@@ -71,18 +85,28 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str) -> Verdict:
     if best is None or best_base is None:
         return Verdict(best, best_base, float("nan"), float("nan"), False,
                        "No verdict: the baselines or the candidates have no finished confirmation runs.")
-    diff, p, beats = beyond_noise(best, best_base, sign)
     if best is best_base:
         text = (f"No searched policy beats the baselines: the best confirmed policy is the baseline "
                 f"{best.name!r} ({metric} {best.mean:.4f} ± {best.std:.4f}).")
         return Verdict(best, best_base, 0.0, float("nan"), False, text)
+    means = f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f}"
+    better = "higher" if mode == "max" else "lower"
+    bar = f" by more than {min_effect:g}" if min_effect else ""
+    pair = paired(best.by_seed(), best_base.by_seed(), sign)
+    if pair is not None:  # differences shown as measured (best - baseline), the interval too
+        beats = pair.low > min_effect
+        low, high = sorted((sign * pair.low, sign * pair.high))
+        text = (f"{best.name!r} {'beats' if beats else 'does not beat'} the best baseline {best_base.name!r}{bar} "
+                f"beyond the seed noise: {means} ({sign * pair.diff:+.4f}, {better} is better; paired over "
+                f"{pair.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, one-sided paired t-test "
+                f"p = {pair.p:.3f}, Wilcoxon p = {pair.p_wilcoxon:.3f}).")
+        return Verdict(best, best_base, pair.diff, pair.p, beats, text, pair, "paired")
+    diff, p, beats = beyond_noise(best, best_base, sign)
+    beats = beats and diff > min_effect
     enough = len(best.values) > 1 and len(best_base.values) > 1
-    how = "beats" if beats else "does not beat"
-    text = (f"{best.name!r} {how} the best baseline {best_base.name!r} beyond the seed noise: "
-            f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f} "
-            f"({best.mean - best_base.mean:+.4f}, {'higher' if mode == 'max' else 'lower'} is better; "
-            f"Welch one-sided p = {p:.3f}, "
-            f"{len(best.values)} vs {len(best_base.values)} seeds).")
+    text = (f"{best.name!r} {'beats' if beats else 'does not beat'} the best baseline {best_base.name!r}{bar} beyond "
+            f"the seed noise: {means} ({best.mean - best_base.mean:+.4f}, {better} is better; Welch one-sided "
+            f"p = {p:.3f}, unpaired: {len(best.values)} vs {len(best_base.values)} seeds, none shared).")
     if not enough:
         text += " Too few seeds to judge: use --confirm-seeds 3 or more."
     return Verdict(best, best_base, diff, p, beats, text)
@@ -96,6 +120,56 @@ def beyond_noise(a: Candidate, b: Candidate, sign: float = 1.0) -> tuple[float, 
     p = _welch_p(a.values, b.values, sign)
     enough = len(a.values) > 1 and len(b.values) > 1
     return diff, p, bool(enough and diff > max(a.std, b.std) and p < 0.05)
+
+
+@dataclass
+class Paired:
+    """The paired comparison of two policies run on the same seeds (seed k: the same split, subset,
+    label noise and initialisation for both): the per-seed differences, signed so that positive is
+    better, their mean with a two-sided 95% t confidence interval, the one-sided paired t-test and,
+    as a check that needs no normality, the one-sided Wilcoxon signed-rank test."""
+
+    n: int
+    diff: float
+    low: float
+    high: float
+    p: float
+    p_wilcoxon: float
+
+    @property
+    def beats(self) -> bool:
+        """The whole interval lies above zero (at least two seeds)."""
+        return self.n >= 2 and self.low > 0
+
+    def text(self, scale: float = 1.0, unit: str = "") -> str:
+        return (f"{self.diff * scale:+.2f}{unit} [95% CI {self.low * scale:+.2f}, {self.high * scale:+.2f}], "
+                f"paired t p = {self.p:.3f}, Wilcoxon p = {self.p_wilcoxon:.3f}, {self.n} paired seeds")
+
+
+def paired(a: dict[Any, float], b: dict[Any, float], sign: float = 1.0) -> Optional[Paired]:
+    """Compare ``a`` with ``b`` (values by seed) on the seeds both have; None with fewer than two.
+
+    Example:
+        >>> r = paired({0: 0.90, 1: 0.91, 2: 0.92}, {0: 0.88, 1: 0.90, 2: 0.90})
+        >>> round(r.diff, 3), r.n, r.beats
+        (0.017, 3, True)
+    """
+    from scipy import stats
+
+    seeds = [k for k in a if k in b]
+    if len(seeds) < 2:
+        return None
+    d = [sign * (a[k] - b[k]) for k in seeds]
+    mean = statistics.fmean(d)
+    sd = statistics.stdev(d)
+    if sd == 0:
+        p = 0.0 if mean > 0 else 1.0
+        return Paired(len(d), mean, mean, mean, p, p)
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
+    p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+    nonzero = [x for x in d if x != 0]
+    w = float(stats.wilcoxon(nonzero, alternative="greater").pvalue) if nonzero else 1.0
+    return Paired(len(d), mean, mean - half, mean + half, p, w)
 
 
 def _welch_p(a: Sequence[float], b: Sequence[float], sign: float) -> float:

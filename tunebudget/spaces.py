@@ -112,6 +112,9 @@ class SweepSpec(_Strict):
     resources: dict[str, Union[int, float]] = Field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     confirm_top: int = Field(default=3, ge=0, le=100)
     confirm_seeds: int = Field(default=3, ge=0, le=100)
+    #: The verdict's bar: "beats" means the paired difference's 95% interval lies above this, in the
+    #: metric's units (0.005: half a point of accuracy). 0: above zero.
+    min_effect: float = Field(default=0.0, ge=0)
     max_failures: int = Field(default=1, ge=0, le=100)
     seed: int = Field(default=0, ge=0)
 

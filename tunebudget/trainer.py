@@ -371,10 +371,12 @@ class BudgetTrainer:
 
     def _rescore_due(self, p: float) -> bool:
         """Fresh scores of all samples before this epoch: when a re-rank is due and either the
-        policy asks for a scoring pass or the scorer refreshes cheaply."""
+        policy asks for a scoring pass, the scorer refreshes cheaply, or ``ratio: auto`` is about to
+        estimate the noise rate from them."""
         if self.scorer is None or not self.selector.needs_rescore(p):
             return False
-        return self.policy.selection.rescore or self.scorer.cheap_refresh
+        # ratio auto estimates the noise from fresh losses: an epoch's training losses mix early, poor models'
+        return self.policy.selection.rescore or self.scorer.cheap_refresh or self.selector.estimating
 
     @torch.no_grad()
     def _choose_online(self, cand: torch.Tensor, share: float, stats: _Stats) -> torch.Tensor:

@@ -81,6 +81,11 @@ class Selector:
         if self.uses_scores:
             self.scores[idx] = scores.to(self.scores.dtype)
 
+    @property
+    def estimating(self) -> bool:
+        """``ratio: auto`` whose noise rate is not estimated yet (at the first selection plan)."""
+        return self.ratio is None
+
     def needs_rescore(self, p: float) -> bool:
         """Whether the next epoch re-reads the scores (so a fresh scoring pass, if asked for, is due)."""
         if self.phase(p) != "select" or not self.uses_scores:

@@ -82,6 +82,8 @@ class Plan:
     rungs: list[float] = field(default_factory=list)
     #: wall seconds after which the search stage stops (None: when its trials are done)
     search_seconds: Optional[float] = None
+    #: the verdict's bar in the metric's units (the space's sweep.min_effect)
+    min_effect: float = 0.0
 
     @property
     def root(self) -> Path:
@@ -157,7 +159,7 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         confirm_seeds=_pick(opts.confirm_seeds, sw.confirm_seeds), max_failures=_pick(opts.max_failures, sw.max_failures),
         seed=_pick(opts.seed, sw.seed), metric=metric, mode=mode, storage=str(storage),
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
-        base=base.to_dict(),
+        base=base.to_dict(), min_effect=sw.min_effect,
     )
 
 

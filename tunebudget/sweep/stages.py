@@ -276,6 +276,7 @@ def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
         if c is None or not finished(r) or (r.metrics or {}).get("diverged"):
             continue
         c.values.append(float(r.metrics[plan.metric]))
+        c.seeds.append(int(job["policy"]["seed"]))
         history = r.metrics_dataframe
         if history is not None and plan.metric in history and "train_seconds" in history:
             c.curves.append(list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist())))

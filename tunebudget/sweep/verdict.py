@@ -58,7 +58,7 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
 
     from tunebudget import report
 
-    v = report.verdict(candidates, plan.mode, plan.metric)
+    v = report.verdict(candidates, plan.mode, plan.metric, plan.min_effect)
     if v.best is None:
         fail_parent(plan, tracker, ids, "no finished trials")
         raise TuneBudgetError(f"sweep {plan.name}: no trial finished, so there is no best policy; "
@@ -109,8 +109,11 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
     if v.best_baseline is not None:
         metrics.update({"baseline_mean": v.best_baseline.mean, "baseline_std": v.best_baseline.std,
                         "diff_vs_baseline": v.diff, "p_value": v.p_value})
+        if v.paired is not None:
+            metrics.update({"diff_ci_low": v.paired.low, "diff_ci_high": v.paired.high,
+                            "p_wilcoxon": v.paired.p_wilcoxon, "paired_seeds": v.paired.n})
     tracker.log_metrics(parent, metrics)
-    tracker.set_tags(parent, {"verdict": v.text[:5000], "beats_baseline": str(v.beats).lower(),
+    tracker.set_tags(parent, {"verdict": v.text[:5000], "beats_baseline": str(v.beats).lower(), "verdict_test": v.test,
                               "best_candidate": v.best.name, "best_policy_digest": best.digest(),
                               POLICY_TAG: json.dumps(best.to_dict(), separators=(",", ":"))})
     tracker.finish(parent, "FINISHED")
@@ -130,8 +133,11 @@ def _importances(plan: Plan) -> dict[str, float]:
 
 
 def _summary_json(plan: Plan, v: Any, candidates: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    pair = v.paired
     return {"sweep": plan.name, "metric": plan.metric, "mode": plan.mode, "verdict": v.text, "beats": v.beats,
-            "best": v.best.name if v.best else None,
-            "candidates": [{"name": c.name, "kind": c.kind, "params": c.params, "values": c.values,
+            "best": v.best.name if v.best else None, "test": v.test,
+            "paired": None if pair is None else {"n": pair.n, "diff": pair.diff, "ci": [pair.low, pair.high],
+                                                 "p_t": pair.p, "p_wilcoxon": pair.p_wilcoxon},
+            "candidates": [{"name": c.name, "kind": c.kind, "params": c.params, "values": c.values, "seeds": c.seeds,
                             "mean": c.mean, "std": c.std, "search_value": c.search_value} for c in candidates],
             "trials": rows}

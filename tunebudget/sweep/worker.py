@@ -85,6 +85,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     setup_seconds = time.time() - entered  # imports, data (cached per worker), model: not training
     result = trainer.run()
     final = {k: v for k, v in (result.history[-1] if result.history else {}).items() if isinstance(v, (int, float))}
+    final.update({f"val_{k}": v for k, v in result.val.items()})  # with keep_best: the kept weights
     final.update({f"test_{k}": v for k, v in result.test.items()})
     final.update({k: v for k, v in result.stats.items() if isinstance(v, (int, float)) and v is not None})
     final["setup_seconds"] = setup_seconds

@@ -80,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise TuneBudgetError(f"--json {args.json}: is a directory; give a file path such as result.json")
         if not (Path(args.json).exists() and not Path(args.json).is_file()):  # /dev/null needs no check
             check_writable_dir(Path(args.json).resolve().parent, f"--json {args.json}")
+    if args.save is not None:
+        from tunebudget.saved import check_save_dir
+
+        check_save_dir(args.save)
     from tunebudget.progress import train_with_progress
 
     result = train_with_progress(policy, device=args.device, quiet=args.quiet)
@@ -93,6 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tunebudget.progress import print_summary
 
     print_summary(summary)
+    if args.save is not None and result.status != "diverged":  # a diverged model is not worth keeping
+        print(f"saved the model to {result.save(args.save)} (load it with tunebudget.load_trained)")
     return 0 if result.status == "completed" else 1
 
 
@@ -230,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the policy's training.threads, which an "
                    "exported sweep winner sets to its trials' threads; else torch's default)")
     p.add_argument("--json", metavar="OUT", help="write the summary (status, timings, test metrics, policy) as JSON")
+    p.add_argument("--save", metavar="DIR", help="save the trained model (weights, input standardisation, policy) "
+                   "to this new directory; load it with tunebudget.load_trained(DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     _add_sweep_commands(sub)

@@ -83,6 +83,13 @@ class DataBundle:
     #: ``carved`` out of the training split (task.val_size), or ``given`` by the data's source
     #: (task.val_root, or a factory's val_x / val_y): used as is.
     val_source: str = "carved"
+    #: The standardisation fitted on the training split, to prepare new inputs as these were: inputs
+    #: become ``(x - input_mean) / input_std`` (uint8 inputs divided by 255 first), regression targets
+    #: ``(y - target_mean) / target_std``. Kept on the CPU.
+    input_mean: Optional[torch.Tensor] = None
+    input_std: Optional[torch.Tensor] = None
+    target_mean: Optional[torch.Tensor] = None
+    target_std: Optional[torch.Tensor] = None
 
     @property
     def is_image(self) -> bool:
@@ -373,6 +380,13 @@ def user_data(task: TaskSpec) -> RawData:
         log.debug("task.dataset %s raised", spec, exc_info=True)
         raise TuneBudgetError(f"task.dataset: {spec} raised {type(exc).__name__}: {_first_line(exc)}; fix the "
                               "factory or its task.data_options (run with -v for the traceback)") from exc
+    return parse_own_data(out, task.kind, spec)
+
+
+def parse_own_data(out: Any, kind: str, spec: str = "your data") -> RawData:
+    """Your data in one of the forms :func:`user_data` describes (a factory's return value, or what
+    :func:`tunebudget.train` is given as ``data=``), checked and turned into tensors; ``spec`` names it
+    in the one-line errors."""
     num_classes, val = None, None
     if isinstance(out, Mapping):
         keys = set(out)
@@ -407,8 +421,8 @@ def user_data(task: TaskSpec) -> RawData:
         if x.shape[1:] != xs[0].shape[1:]:
             raise TuneBudgetError(f"task.dataset: {spec} returned train and {n} inputs of different shapes per "
                                   f"sample ({tuple(xs[0].shape[1:])} and {tuple(x.shape[1:])}); make them the same")
-    ys = [_targets(y, n, len(x), task.kind, spec) for (_, y), x, n in zip(arrays, xs, splits)]
-    if task.kind == "classification":
+    ys = [_targets(y, n, len(x), kind, spec) for (_, y), x, n in zip(arrays, xs, splits)]
+    if kind == "classification":
         top = int(max(ys[0].max(), ys[1].max()))
         if num_classes is not None and top >= num_classes:
             raise TuneBudgetError(f"task.dataset: {spec} returned label {top} but num_classes {num_classes}; "
@@ -538,10 +552,12 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
-def _load_raw(task: TaskSpec, seed: int) -> RawData:
-    """The task's data set as tensors (a built-in source, or your own factory), with the
-    validation split its source gives, if any."""
-    if task.dataset not in SOURCES and task.user_data:
+def _load_raw(task: TaskSpec, seed: int, given: Any = None) -> RawData:
+    """The task's data set as tensors (a built-in source, or your own factory; or ``given``, your data
+    handed over directly), with the validation split its source gives, if any."""
+    if given is not None:
+        raw = given if isinstance(given, RawData) else parse_own_data(given, task.kind, "data")
+    elif task.dataset not in SOURCES and task.user_data:
         raw = user_data(task)
     else:
         if task.dataset not in SOURCES:
@@ -584,9 +600,10 @@ def _carve(raw: RawData, task: TaskSpec, seed: int) -> tuple[torch.Tensor, torch
     return raw.train_x[tr_idx], raw.train_y[tr_idx], Split(raw.train_x[val_idx], raw.train_y[val_idx])
 
 
-def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu") -> DataBundle:
-    """Load, split (fixed seed), normalise and move a data set to ``device``."""
-    raw = _load_raw(task, seed)
+def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu", given: Any = None) -> DataBundle:
+    """Load, split (fixed seed), normalise and move a data set to ``device``. ``given``: your data in a
+    form :func:`user_data` accepts, used instead of ``task.dataset`` (the task's regime and val_size apply)."""
+    raw = _load_raw(task, seed, given)
     regression = task.kind == "regression"
     x_train, y_train, val = _carve(raw, task, seed)
     num_outputs = 1 if regression else raw.num_classes or int(max(int(raw.train_y.max()), int(raw.test_y.max())) + 1)
@@ -600,6 +617,7 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
     x_train.sub_(mean).div_(std)  # in place: fresh copies made by the carve
     val.x.sub_(mean).div_(std)
     y_test = raw.test_y
+    y_mean = y_std = None
     if regression:  # standardised targets: an MSE of 1 is what predicting the mean scores
         y_mean, y_std = standardise(y_train, [0])
         y_train, val.y, y_test = (y_train - y_mean) / y_std, (val.y - y_mean) / y_std, (y_test - y_mean) / y_std
@@ -612,6 +630,7 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu")
         input_shape=tuple(x_train.shape[1:]),
         name=task.dataset,
         val_source="given" if raw.val_x is not None else "carved",
+        input_mean=mean, input_std=std, target_mean=y_mean, target_std=y_std,
     )
     dev = torch.device(device)
     return bundle.to(dev, channels_last=dev.type == "cuda")

@@ -58,7 +58,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row(f"test {key}", f"{value:.4f}")
     budget = (f"{summary['budget_seconds']:g} s" if summary["limit"] == "seconds"
               else f"{summary['budget_samples']:g} sample passes")
+    if summary.get("budget_use", 1.0) < 1:
+        budget += f", {summary['budget_use']:g} of it used ({summary['unspent_share'] * 100:.0f}% left unspent)"
     table.add_row("budget", budget)
+    if summary.get("kept_progress") is not None:
+        table.add_row("kept weights", f"the best validation, at {summary['kept_progress'] * 100:.0f}% of the budget "
+                      f"({summary['keep_best_bytes'] / 2**20:.1f} MiB, {summary['keep_best_copies']} copies in "
+                      f"{summary['keep_best_seconds']:.3f} s)")
     table.add_row("training time", f"{summary['train_seconds']:.2f} s (validation {summary['eval_seconds']:.2f} s "
                   f"not charged; compile {summary['compile_seconds']:.2f} s before the clock)")
     table.add_row("scoring", f"{summary['scoring_seconds']:.2f} s ({summary['scoring_share'] * 100:.1f}% of training)")
@@ -72,6 +78,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("distinct samples trained", f"{summary['distinct_samples']} of {summary['train_size']}")
     if summary.get("mislabelled_share") is not None:
         table.add_row("trained samples with a wrong label", f"{summary['mislabelled_share'] * 100:.1f}%")
+    if summary.get("noise_estimate") is not None:
+        table.add_row("estimated label noise", f"{summary['noise_estimate'] * 100:.1f}% (ratio auto keeps the rest)")
+    if summary.get("val_source") == "given":
+        table.add_row("validation", f"{summary['val_size']} samples of the data's own validation split")
     table.add_row("device", f"{summary['device']} ({summary['threads']} threads)")
     out_console.print(table)
 

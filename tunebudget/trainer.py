@@ -16,6 +16,7 @@ The trainer knows scorers and strategies only through their protocols
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -81,6 +82,19 @@ class TrainResult:
     val: dict[str, float]
     history: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
+    #: The trained ``nn.Module`` (with ``training.keep_best``: the kept weights) and the data bundle it
+    #: was trained on (its standardisation prepares new inputs); not part of the summary.
+    model: Optional[nn.Module] = field(default=None, repr=False)
+    data: Optional[DataBundle] = field(default=None, repr=False)
+
+    def save(self, path: str) -> Any:
+        """Save the model, its input standardisation and the policy to the new directory ``path``
+        (see :mod:`tunebudget.saved`; :func:`tunebudget.load_trained` loads it back)."""
+        from tunebudget.saved import save_trained
+
+        if self.model is None or self.data is None:
+            raise TuneBudgetError("save: this result holds no model (a diverged run, or one read back from JSON)")
+        return save_trained(path, self.model, self.data, self.policy, self.test)
 
     def summary(self) -> dict[str, Any]:
         return {"status": self.status, **self.stats, "test": self.test, "val": self.val,
@@ -200,6 +214,8 @@ class BudgetTrainer:
         on_progress: called with budget progress in [0, 1] about every 0.5% of the budget.
         threads: torch CPU threads for this run (None: ``policy.training.threads``, else torch's default).
         evaluate_test: evaluate the test split at the end (a sweep's lower rungs skip it: unused).
+        model: your own ``nn.Module`` to train instead of ``policy.task.model`` (models a scorer trains
+            for itself, such as the irreducible-loss models, are copies of it as given).
 
     Example:
         >>> from tunebudget.policy import BudgetPolicy
@@ -218,8 +234,11 @@ class BudgetTrainer:
         on_progress: Optional[Callable[[float], None]] = None,
         threads: Optional[int] = None,
         evaluate_test: bool = True,
+        model: Optional[nn.Module] = None,
     ) -> None:
         self.policy = policy
+        self._given_model = model
+        self._model_template = copy.deepcopy(model) if model is not None else None
         self.evaluate_test = evaluate_test
         self.device = resolve_device(device)
         self.eval_chunk = EVAL_CHUNK.get(self.device.type, 1024)
@@ -243,7 +262,13 @@ class BudgetTrainer:
 
     # ---- set-up ---------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
-        model = build_model(self.policy.task, self.data.input_shape, self.data.num_outputs).to(self.device)
+        if self._given_model is not None:  # your module first, then untrained copies of it
+            model, self._given_model = self._given_model, None
+            model = model.to(self.device)
+        elif self._model_template is not None:
+            model = copy.deepcopy(self._model_template).to(self.device)
+        else:
+            model = build_model(self.policy.task, self.data.input_shape, self.data.num_outputs).to(self.device)
         if self.device.type == "cuda" and self.data.is_image:
             model = model.to(memory_format=torch.channels_last)
         return model
@@ -569,7 +594,7 @@ class BudgetTrainer:
             "policy_digest": self.policy.digest(),
         }
         result_stats.update(self._keep_best_stats())
-        return TrainResult(status, self.policy, test, val, history, result_stats)
+        return TrainResult(status, self.policy, test, val, history, result_stats, model=self.model, data=self.data)
 
     def _keep_best_stats(self) -> dict[str, Any]:
         if self.best is None:

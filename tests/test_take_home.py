@@ -1,0 +1,155 @@
+"""Take the result home: a trained model saved with ``train --save``, loaded back in a fresh process by
+``tunebudget.load_trained``, and the Python API (``tunebudget.train``) on built-in and own data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tunebudget
+from tunebudget.errors import TuneBudgetError
+
+from conftest import tiny_policy, write_yaml
+
+FACTORY = '''
+import numpy as np
+
+
+def digits_raw():
+    """Digits as the data set gives them: pixel values 0-16, and a fixed test split."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(5).permutation(len(x))
+    test, train = order[:300], order[300:]
+    return x[train].astype("float32"), y[train], x[test].astype("float32"), y[test]
+
+
+def values():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 4)).astype("float32")
+    y = (100 + 20 * x[:, 0] - 10 * x[:, 1]).astype("float32")
+    return x[:400], y[:400], x[400:], y[400:]
+'''
+
+
+@pytest.fixture
+def own(tmp_path, monkeypatch):
+    (tmp_path / "homedata.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def own_policy(**sections) -> dict:
+    return tiny_policy(task={"dataset": "homedata:digits_raw", "val_size": 200}, **sections)
+
+
+LOAD_AND_PREDICT = '''
+import json, sys
+import tunebudget
+from homedata import digits_raw
+trained = tunebudget.load_trained(sys.argv[1])
+_, _, test_x, test_y = digits_raw()
+pred = trained.predict(test_x)
+print(json.dumps({"pred": pred.tolist(), "accuracy": float((pred.numpy() == test_y).mean()),
+                  "training": trained.model.training}))
+'''
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_a_saved_model_predicts_in_a_fresh_process_what_the_trainer_did(own, tmp_path, cli, keep_best):
+    sections = {"training": {"keep_best": True}, "budget": {"eval_every": 0.1}} if keep_best else {}
+    policy = write_yaml(tmp_path / "p.yaml", own_policy(**sections))
+    res = cli("train", str(policy), "--quiet", "--save", str(tmp_path / "model"), "--json", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    assert "saved the model to" in res.stdout
+    summary = json.loads((tmp_path / "r.json").read_text())
+    saved = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert saved == ["model.json", "policy.yaml", "preprocess.pt", "weights.pt"]
+    assert isinstance(torch.load(tmp_path / "model" / "weights.pt", weights_only=True), dict)
+    (tmp_path / "predict.py").write_text(LOAD_AND_PREDICT)
+    proc = subprocess.run([sys.executable, str(tmp_path / "predict.py"), str(tmp_path / "model")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = json.loads(proc.stdout)
+    assert fresh["training"] is False  # eval mode
+    assert fresh["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-12)
+    # the same policy through the Python API (deterministic budget): the very same predictions
+    result = tunebudget.train(tunebudget.load_policy(policy), device="cpu")
+    with torch.no_grad():
+        mine = result.model.eval()(result.data.test.x).argmax(1)
+    assert fresh["pred"] == mine.tolist()
+    if keep_best:
+        assert result.stats["kept_progress"] == summary["kept_progress"]
+
+
+def test_regression_predictions_come_back_in_the_targets_units(own, tmp_path):
+    policy = tiny_policy(task={"dataset": "homedata:values", "kind": "regression", "val_size": 50},
+                         budget={"samples": 20000})
+    result = tunebudget.train(policy, device="cpu")
+    trained = tunebudget.load_trained(result.save(str(tmp_path / "reg")))
+    from homedata import values
+
+    _, _, x, y = values()
+    pred = trained.predict(x).numpy()
+    assert np.abs(pred - y).mean() < 0.2 * np.abs(y - y.mean()).mean()  # in units of y (around 100), not standardised
+
+
+def test_the_api_trains_your_own_arrays_and_module(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(700, 5)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    policy = tiny_policy(task={"val_size": 100}, selection={"strategy": "topk", "scorer": "reducible",
+                                                            "ratio": 0.5, "warmup": 0.2})
+    result = tunebudget.train(policy, data={"train_x": x[:600], "train_y": y[:600], "test_x": x[600:],
+                                            "test_y": y[600:]}, model=net, device="cpu")
+    assert result.model is net and result.test["accuracy"] > 0.85
+    assert result.stats["train_size"] == 500 and result.stats["il_seconds"] > 0  # IL models: copies of net
+    assert result.summary()["policy"]["selection"]["scorer"] == "reducible"
+    with pytest.raises(TuneBudgetError, match="returned 600 train inputs but 599 train targets"):
+        tunebudget.train(policy, data=(x[:600], y[:599], x[600:], y[600:]), device="cpu")
+
+
+def test_save_refuses_a_non_empty_or_unwritable_directory_before_training(tmp_path, cli):
+    policy = write_yaml(tmp_path / "p.yaml", tiny_policy())
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    for target, fragment in ((tmp_path / "full", "exists and is not empty"), (tmp_path / "p.yaml", "is a file"),
+                             (Path("/proc/tunebudget-model"), "--save /proc/tunebudget-model")):
+        res = cli("train", str(policy), "--quiet", "--save", str(target))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
+        assert "test accuracy" not in res.stdout  # refused before training
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_load_trained_refuses_what_is_not_a_whole_saved_model(tmp_path):
+    result = tunebudget.train(tiny_policy(), device="cpu")
+    good = result.save(str(tmp_path / "m"))
+    assert tunebudget.load_trained(good).predict(result.data.test.x[:3]).shape == (3,)
+    with pytest.raises(TuneBudgetError, match="no such directory"):
+        tunebudget.load_trained(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("weights.pt", "policy.yaml", "model.json"):
+        (broken / f).write_bytes((good / f).read_bytes())
+    with pytest.raises(TuneBudgetError, match="preprocess.pt is missing"):
+        tunebudget.load_trained(broken)
+    (broken / "preprocess.pt").write_bytes((good / "preprocess.pt").read_bytes())
+    info = json.loads((good / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**info, "format": 99, "tunebudget_version": "9.0"}))
+    with pytest.raises(TuneBudgetError, match="saved in format 99 .tunebudget 9.0.; this tunebudget reads format 1"):
+        tunebudget.load_trained(broken)
+    (broken / "model.json").write_text(json.dumps(info))
+    (broken / "weights.pt").write_bytes((good / "weights.pt").read_bytes()[:-100])
+    with pytest.raises(TuneBudgetError, match="weights.pt does not match the hash"):
+        tunebudget.load_trained(broken)
+    with pytest.raises(TuneBudgetError, match="the directory exists and is not empty"):
+        result.save(str(good))

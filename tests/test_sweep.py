@@ -89,6 +89,17 @@ def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
         assert len(history) >= 3
         steps = [m.step for m in history]
         assert steps == sorted(steps)  # step = elapsed training milliseconds
+    # every run's data as an MLflow dataset input; common random numbers: the search stage's trials all
+    # train on the base seed's data, and confirmation seed k on the same data for every candidate
+    digests = {r.info.run_id: [i.dataset.digest for i in r.inputs.dataset_inputs] for r in children}
+    assert all(len(d) == 1 and len(d[0]) == 12 for d in digests.values())
+    assert all(r.inputs.dataset_inputs[0].dataset.name == "digits" for r in children)
+    assert len({digests[r.info.run_id][0] for r in search}) == 1
+    by_seed: dict[str, set] = {}
+    for r in confirm:
+        by_seed.setdefault(r.data.params["seed"], set()).add(digests[r.info.run_id][0])
+    assert len(by_seed) == 2 and all(len(d) == 1 for d in by_seed.values())
+    assert len({d for ds in by_seed.values() for d in ds} | {digests[search[0].info.run_id][0]}) == 3
     eff = parent.data.metrics  # the sweep's own record of how much of its time went into training
     assert 0.0 < eff["search_utilisation"] <= 1.0 and eff["trial_slots"] == 2
     assert eff["search_train_seconds"] == pytest.approx(sum(

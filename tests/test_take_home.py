@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,65 @@ def test_load_trained_refuses_what_is_not_a_whole_saved_model(tmp_path):
         tunebudget.load_trained(broken)
     with pytest.raises(TuneBudgetError, match="the directory exists and is not empty"):
         result.save(str(good))
+
+
+# ---- the replay in MLflow: the run, its dataset, the model (pyfunc) and the registry ----------------
+
+def test_a_logged_replay_is_an_mlflow_model_that_predicts_what_the_saved_one_does(own, tmp_path, cli):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from test_ui import CHROMIUM, UiServer, render
+    from tunebudget.tracking import ui_url
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    policy = write_yaml(tmp_path / "p.yaml", own_policy())
+    res = cli("train", str(policy), "--quiet", "--save", str(tmp_path / "model"), "--tracking-uri", uri,
+              "--experiment", "replays", "--register", "digits-home")
+    assert res.returncode == 0, res.stderr
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("replays")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["training.lr"] == "0.1"
+    assert run.data.metrics["test_accuracy"] > 0.8 and run.data.tags["tunebudget_role"] == "train"
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "homedata:digits_raw" and len(inp.dataset.digest) == 12
+    assert json.loads(inp.dataset.profile)["train_size"] == 1797 - 300 - 200
+    (model,) = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    assert model.source_run_id == run.info.run_id
+    assert client.get_model_version("digits-home", "1").source.endswith(model.model_id) or \
+        model.model_id in client.get_model_version("digits-home", "1").source
+    from homedata import digits_raw
+
+    _, _, test_x, test_y = digits_raw()
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.pyfunc.load_model(f"models:/{model.model_id}").predict(test_x.astype("float32"))
+    saved = tunebudget.load_trained(tmp_path / "model").predict(test_x).numpy()
+    assert (np.asarray(logged).argmax(1) == saved).all()
+    assert (saved == test_y).mean() == pytest.approx(run.data.metrics["test_accuracy"])
+    if CHROMIUM is None:
+        return
+    ui = UiServer(tmp_path, "--tracking-uri", uri)
+    try:
+        link = ui_url(f"http://127.0.0.1:{ui.port}", exp.experiment_id, run.info.run_id)
+        dom = render(link, tmp_path)
+        shot = os.environ.get("TUNEBUDGET_RUN_SCREENSHOT")  # a PNG of the run page, to look at by hand
+        if shot:
+            render(link, tmp_path, Path(shot))
+    finally:
+        ui.stop()
+    assert "Logged models (1)" in dom and model.model_id in dom  # the logged model, on the run page
+    assert f"{inp.dataset.digest})" in dom and "homedata:digits_raw" in dom  # its dataset: name (digest)
+    assert "digits-home" in dom  # and the registered model
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--register", "x"), "--register: needs a tracking store"),
+    (("--tracking-uri", "sqlite:////proc/nowhere/m.db"), "--tracking-uri sqlite:////proc/nowhere/m.db"),
+    (("--tracking-uri", "sqlite:///m.db", "--register", " "), "--register: empty"),
+])
+def test_tracking_flags_are_checked_before_training(tmp_path, cli, args, fragment):
+    res = cli("train", str(write_yaml(tmp_path / "p.yaml", tiny_policy())), "--quiet", *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
+    assert "test accuracy" not in res.stdout

@@ -94,6 +94,10 @@ class BudgetClock:
         self._wait()
         self._t0 = self._timer()
 
+    @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
     def stop(self) -> None:
         """Freeze the clock (after waiting for queued work): what follows is not charged."""
         self._wait()

@@ -84,6 +84,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         from tunebudget.saved import check_save_dir
 
         check_save_dir(args.save)
+    if args.register is not None and not args.tracking_uri:
+        raise TuneBudgetError("--register: needs a tracking store to register the model in; add --tracking-uri URI "
+                              "(e.g. sqlite:///mlflow/mlflow.db, the sweeps' default store)")
+    if args.register is not None and not args.register.strip():
+        raise TuneBudgetError("--register: empty; give the registered model's name, e.g. --register fashion-mlp")
+    if args.tracking_uri:  # reached before training: a run that cannot be logged is not trained for nothing
+        from tunebudget.tracking import Tracker, check_experiment_name
+
+        check_experiment_name(args.experiment)
+        Tracker(args.tracking_uri).check()
     from tunebudget.progress import train_with_progress
 
     result = train_with_progress(policy, device=args.device, quiet=args.quiet)
@@ -99,6 +109,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     print_summary(summary)
     if args.save is not None and result.status != "diverged":  # a diverged model is not worth keeping
         print(f"saved the model to {result.save(args.save)} (load it with tunebudget.load_trained)")
+    if args.tracking_uri:
+        from tunebudget.tracking import log_train_run, ui_url
+
+        logged = log_train_run(args.tracking_uri, args.experiment or policy.name, result, args.register,
+                               " ".join(shlex.quote(a) for a in sys.argv))
+        where = f"; the model is {logged['model_uri']}" if logged["model_uri"] else ""
+        registered = f", registered as {args.register!r}" if args.register and logged["model_uri"] else ""
+        print(f"logged to MLflow: run {logged['run_id']}{where}{registered} "
+              f"(model logged in {logged['log_model_seconds']:.1f} s)")
     return 0 if result.status == "completed" else 1
 
 
@@ -238,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the summary (status, timings, test metrics, policy) as JSON")
     p.add_argument("--save", metavar="DIR", help="save the trained model (weights, input standardisation, policy) "
                    "to this new directory; load it with tunebudget.load_trained(DIR)")
+    p.add_argument("--tracking-uri", metavar="URI", help="log the run to this MLflow store: params, metrics, the "
+                   "summary, the data set and the model (with its input standardisation) as an MLflow model")
+    p.add_argument("--experiment", metavar="NAME", help="MLflow experiment of the logged run (default: the policy's name)")
+    p.add_argument("--register", metavar="NAME", help="also register the logged model in the Model Registry "
+                   "under this name (needs --tracking-uri)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     _add_sweep_commands(sub)

@@ -41,11 +41,10 @@ import torch
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.models import _first_line, _import_factory, check_options
-from tunebudget.policy import VAL_ROOT_LAYOUT, TaskSpec
+from tunebudget.policy import DEBIAN_FASHION_MNIST, VAL_ROOT_LAYOUT, TaskSpec
 
 log = logging.getLogger(__name__)
 
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
     "train_x": "train-images-idx3-ubyte.gz",
     "train_y": "train-labels-idx1-ubyte.gz",
@@ -84,12 +83,14 @@ class DataBundle:
     #: (task.val_root, or a factory's val_x / val_y): used as is.
     val_source: str = "carved"
     #: The standardisation fitted on the training split, to prepare new inputs as these were: inputs
-    #: become ``(x - input_mean) / input_std`` (uint8 inputs divided by 255 first), regression targets
+    #: become ``(x * input_scale - input_mean) / input_std``, regression targets
     #: ``(y - target_mean) / target_std``. Kept on the CPU.
     input_mean: Optional[torch.Tensor] = None
     input_std: Optional[torch.Tensor] = None
     target_mean: Optional[torch.Tensor] = None
     target_std: Optional[torch.Tensor] = None
+    #: Raw inputs (in the data set's own units: 0-255 for 8-bit images) times this, before the mean and std.
+    input_scale: float = 1.0
 
     @property
     def is_image(self) -> bool:
@@ -348,6 +349,8 @@ class RawData:
     num_classes: Optional[int] = None
     val_x: Optional[torch.Tensor] = None
     val_y: Optional[torch.Tensor] = None
+    #: What raw inputs were multiplied by to become these (1/255 for uint8 sources, else 1).
+    input_scale: float = 1.0
 
 
 def user_data(task: TaskSpec) -> RawData:
@@ -434,7 +437,7 @@ def parse_own_data(out: Any, kind: str, spec: str = "your data") -> RawData:
             raise TuneBudgetError(f"task.dataset: {spec} returned label {int(ys[2].max())} in val_y, outside the "
                                   f"classes 0 … {(num_classes or top + 1) - 1} of the training and test labels; "
                                   "give validation labels of those classes (or num_classes)")
-    raw = RawData(xs[0], ys[0], xs[1], ys[1], num_classes)
+    raw = RawData(xs[0], ys[0], xs[1], ys[1], num_classes, input_scale=1 / 255 if arrays[0][0].dtype == np.uint8 else 1.0)
     if val:
         raw.val_x, raw.val_y = xs[2], ys[2]
     return raw
@@ -569,7 +572,8 @@ def _load_raw(task: TaskSpec, seed: int, given: Any = None) -> RawData:
             )
         train_x, train_y, test_x, test_y = SOURCES[task.dataset](task, seed)
         raw = RawData(_to_float(train_x), torch.from_numpy(np.ascontiguousarray(train_y)),
-                      _to_float(test_x), torch.from_numpy(np.ascontiguousarray(test_y)))
+                      _to_float(test_x), torch.from_numpy(np.ascontiguousarray(test_y)),
+                      input_scale=1 / 255 if train_x.dtype == np.uint8 else 1.0)
         if task.val_root:
             val_x, val_y = _given_val(task)
             if len(val_x) == 0 or val_x.shape[1:] != train_x.shape[1:]:
@@ -630,10 +634,26 @@ def load_data(task: TaskSpec, seed: int = 0, device: torch.device | str = "cpu",
         input_shape=tuple(x_train.shape[1:]),
         name=task.dataset,
         val_source="given" if raw.val_x is not None else "carved",
-        input_mean=mean, input_std=std, target_mean=y_mean, target_std=y_std,
+        input_mean=mean, input_std=std, target_mean=y_mean, target_std=y_std, input_scale=raw.input_scale,
     )
     dev = torch.device(device)
     return bundle.to(dev, channels_last=dev.type == "cuda")
+
+
+def digest(bundle: DataBundle) -> str:
+    """A short content hash of what a run trains and validates on (MLflow's dataset digest): the shapes,
+    every label, and up to 10,000 evenly spaced training and validation inputs, so that two runs
+    share a digest exactly when they saw the same split, subset, noise draw and standardisation
+    (the hash of a sample keeps it well under a second for 55k images)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in (bundle.train, bundle.val):
+        step = max(1, len(split) // 10_000)
+        h.update(repr((tuple(split.x.shape), tuple(split.y.shape))).encode())
+        h.update(split.y.detach().cpu().contiguous().numpy().tobytes())
+        h.update(split.x[::step].detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def standardise(x: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

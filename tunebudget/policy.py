@@ -39,6 +39,8 @@ DATASETS: dict[str, str] = {
     "cifar10": "classification",
     "imagefolder": "classification",
 }
+#: Where Debian's dataset-fashion-mnist puts the IDX files (the default of task.root).
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 #: Built-in data sets that read a validation split of their own from ``task.val_root``, and its layout.
 VAL_ROOT_LAYOUT = {
     "fashion_mnist": "val-images-idx3-ubyte.gz and val-labels-idx1-ubyte.gz (IDX gz, as the training files)",

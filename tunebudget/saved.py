@@ -78,6 +78,7 @@ def save_trained(path: str | os.PathLike[str], model: Any, data: Any, policy: Bu
     state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
     prep = {k: getattr(data, k).detach().cpu() for k in ("input_mean", "input_std", "target_mean", "target_std")
             if getattr(data, k) is not None}
+    prep["input_scale"] = torch.tensor(float(data.input_scale))
     d.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
     try:
@@ -101,27 +102,29 @@ def save_trained(path: str | os.PathLike[str], model: Any, data: Any, policy: Bu
 
 @dataclass
 class Preprocess:
-    """Raw inputs, as the data set gives them, to what the model saw in training: uint8 values divided
-    by 255, a channel added to ``(N, H, W)`` images, then ``(x - input_mean) / input_std``.
+    """Raw inputs, in the data set's own units (0-255 for 8-bit images, uint8 or float), to what the
+    model saw in training: a channel added to ``(N, H, W)`` images, then
+    ``(x * scale - input_mean) / input_std``.
 
     Call it on a numpy array or a tensor of a batch; it returns a float tensor."""
 
     input_shape: tuple[int, ...]
     mean: Any
     std: Any
+    scale: float = 1.0
 
     def __call__(self, x: Any) -> Any:
         import numpy as np
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
-        t = t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+        t = t.float()
         if len(self.input_shape) == 3 and t.dim() == 3:
             t = t.unsqueeze(1)
         if tuple(t.shape[1:]) != self.input_shape:
             raise TuneBudgetError(f"preprocess: inputs of shape {tuple(t.shape)}; the model takes (N, "
                                   f"{', '.join(map(str, self.input_shape))})")
-        return (t - self.mean) / self.std
+        return (t * self.scale - self.mean) / self.std
 
 
 @dataclass
@@ -197,4 +200,33 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
     model.eval()
     target = (float(prep["target_mean"].reshape(-1)[0]), float(prep["target_std"].reshape(-1)[0])) \
         if "target_mean" in prep else None
-    return Trained(model, Preprocess(shape, prep["input_mean"], prep["input_std"]), policy, info, target)
+    scale = float(prep["input_scale"]) if "input_scale" in prep else 1.0
+    return Trained(model, Preprocess(shape, prep["input_mean"], prep["input_std"], scale), policy, info, target)
+
+
+def standardised_module(model: Any, data: Any) -> Any:
+    """``model`` with the input standardisation in front (``(x * scale - mean) / std``, a channel added to
+    ``(N, H, W)`` images): takes raw inputs in the data set's own units, as float32. What is logged as
+    the MLflow model, so that ``mlflow.pyfunc.load_model(uri).predict(raw_inputs)`` works."""
+    import torch
+
+    class Standardised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = getattr(model, "_orig_mod", model)
+            self.register_buffer("mean", data.input_mean.detach().cpu().clone())
+            self.register_buffer("std", data.input_std.detach().cpu().clone())
+            self.scale = float(data.input_scale)
+            self.image = len(data.input_shape) == 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.image and x.dim() == 3:
+                x = x.unsqueeze(1)
+            return self.model((x.float() * self.scale - self.mean) / self.std)
+
+    return Standardised().eval()
+
+
+def raw_inputs(data: Any, x: Any) -> Any:
+    """Standardised inputs of ``data`` back in the data set's own units (an input example for MLflow)."""
+    return (x.detach().cpu() * data.input_std + data.input_mean) / data.input_scale

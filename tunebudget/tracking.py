@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import json
 import logging
 import math
 import os
@@ -158,6 +159,27 @@ def sweep_ui_line(parent_id: str, tracking_uri: Optional[str] = None) -> str:
     flag = f" --tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri else ""
     link = ui_url(f"http://127.0.0.1:{UI_PORT}", exp_id, parent_id if exp_id else None)
     return f"See it in the MLflow UI: {link} (start the UI with: tunebudget ui{flag})"
+
+
+def check_experiment_name(name: Optional[str]) -> None:
+    """An --experiment that MLflow takes (or None: the default name)."""
+    if name is not None and len(name) > 500:
+        raise TuneBudgetError(f"--experiment: {len(name)} characters; MLflow takes at most 500")
+    if name is not None and not name.strip():
+        raise TuneBudgetError("--experiment: empty; give an MLflow experiment name, or leave it out for the default")
+
+
+def dataset_source(task: Any) -> tuple[str, str]:
+    """Where a task's data comes from, and MLflow's source type for it: the files of a data set read
+    from disk (``local``), or the code that makes it (``code``: scikit-learn's digits, the generated
+    sets, your ``package.module:factory``)."""
+    if task.dataset == "fashion_mnist":
+        from tunebudget.policy import DEBIAN_FASHION_MNIST
+
+        return str(task.root or os.environ.get("TUNEBUDGET_DATA") or DEBIAN_FASHION_MNIST), "local"
+    if task.root:
+        return str(task.root), "local"
+    return {"digits": "sklearn.datasets.load_digits"}.get(task.dataset, task.dataset), "code"
 
 
 class Tracker:
@@ -353,6 +375,18 @@ class Tracker:
     def log_file(self, run_id: str, path: Path, folder: Optional[str] = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    def log_dataset(self, run_id: str, task: Any, digest: str, sizes: dict[str, Any], context: str = "train") -> None:
+        """The data a run trained on, as an MLflow dataset input (the UI's "Datasets" column): named
+        after ``task.dataset``, with the content ``digest``, its source, and the data regime and split
+        sizes in its profile."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        source, kind = dataset_source(task)
+        profile = {"regime": task.regime(), **{k: v for k, v in sizes.items() if v is not None}}
+        entity = Dataset(name=task.dataset, digest=digest, source_type=kind, source=json.dumps({"uri": source}),
+                         profile=json.dumps(profile, default=str))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
     # ---- queries ---------------------------------------------------------------------------
     def runs(self, experiment_id: str, filter_string: str = "", max_results: int = 5000) -> list[Any]:
         out: list[Any] = []
@@ -401,3 +435,61 @@ def existing_children_by_trial(tracker: Tracker, experiment_id: str, parent_id: 
         if trial:
             out[trial] = run
     return out
+
+
+def log_train_run(uri: Optional[str], experiment: str, result: Any, register: Optional[str] = None,
+                  command: str = "") -> dict[str, Any]:
+    """Log a ``tunebudget train`` run: the policy as params, every validation and the summary as
+    metrics, ``summary.json`` and ``policy.yaml``, the data as a dataset input, and the model as an
+    MLflow PyTorch model (``pt2``: torch.export, no pickle) with the input standardisation inside,
+    a signature and an input example; ``register`` also registers it in the Model Registry.
+    Returns the ids, the model URI and the seconds the model took to log."""
+    import tempfile
+
+    from tunebudget.data import digest
+    from tunebudget.saved import raw_inputs, standardised_module
+
+    tracker = Tracker(uri)
+    policy, data = result.policy, result.data
+    with tracker.writing("cannot log the run"):
+        exp = tracker.experiment_id(experiment)
+        run_id = tracker.start_run(exp, f"train-{policy.name}", {"tunebudget_role": "train", "command": command,
+                                                               "policy_digest": policy.digest(),
+                                                               "tunebudget.policy": json.dumps(policy.to_dict())},
+                                   policy.flat())
+        for h in result.history:
+            tracker.log_metrics(run_id, {k: v for k, v in h.items() if k != "final"}, int(h["train_seconds"] * 1000))
+        summary = result.summary()
+        tracker.log_metrics(run_id, {**{k: v for k, v in summary.items() if k not in ("test", "val", "history")},
+                                     **{f"test_{k}": v for k, v in result.test.items()}})
+        tracker.log_dataset(run_id, policy.task, digest(data), {"train_size": len(data.train),
+                                                               "val_size": len(data.val), "test_size": len(data.test)})
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in (("summary.json", json.dumps(summary, indent=2, default=str)),
+                               ("policy.yaml", policy.to_yaml())):
+                (Path(tmp) / name).write_text(text)
+                tracker.log_file(run_id, Path(tmp) / name)
+        model_uri, seconds = None, 0.0
+        if result.status != "diverged":  # a diverged model is not worth logging
+            model_uri, seconds = _log_model(tracker, run_id, standardised_module(result.model, data),
+                                            raw_inputs(data, data.test.x[:4]).numpy(), register)
+        tracker.finish(run_id, "FINISHED" if result.status == "completed" else "FAILED")
+    return {"experiment_id": exp, "run_id": run_id, "model_uri": model_uri, "log_model_seconds": seconds}
+
+
+def _log_model(tracker: Tracker, run_id: str, module: Any, example: Any, register: Optional[str]) -> tuple[str, float]:
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = module(torch.from_numpy(example)).numpy()
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(module, name="model", serialization_format="pt2",
+                                        signature=infer_signature(example, out), input_example=example,
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                        registered_model_name=register)
+    return info.model_uri, time.perf_counter() - t0

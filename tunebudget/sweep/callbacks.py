@@ -98,6 +98,10 @@ class TrialLogger:
         if error:
             tags["error"] = error[:5000]
         self.tracker.set_tags(run_id, tags)
+        if last.get("data_digest"):  # what the trial trained on: the run's dataset input in the UI
+            task = trial_policy(trial.config, self.plan.base).task
+            self.tracker.log_dataset(run_id, task, str(last["data_digest"]),
+                                     {k: last.get(k) for k in ("train_size", "val_size", "test_size")})
         self.tracker.finish(run_id, STATUS_FOR_TRIAL.get(status, "KILLED"))
         self.done.add(trial.trial_id)
 

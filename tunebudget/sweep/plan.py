@@ -18,7 +18,7 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.halving import rung_budgets
-from tunebudget.tracking import local_store, sqlite_file
+from tunebudget.tracking import check_experiment_name, local_store, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +142,7 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         raise TuneBudgetError(f"--name {opts.name[:60]!r}: a sweep name is one directory under --storage-path{long}: "
                               "use letters, digits, '.', '_' and '-' (no '/', spaces or leading dot), "
                               "e.g. --name lr-sweep-1")
-    if opts.experiment is not None and len(opts.experiment) > 500:
-        raise TuneBudgetError(f"--experiment: {len(opts.experiment)} characters; MLflow takes at most 500")
-    if opts.experiment is not None and not opts.experiment.strip():
-        raise TuneBudgetError("--experiment: empty; give an MLflow experiment name, or leave it out for the space's name")
+    check_experiment_name(opts.experiment)
     name = opts.name or f"{_safe_name(space.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"

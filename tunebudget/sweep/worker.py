@@ -19,16 +19,20 @@ log = logging.getLogger(__name__)
 _DATA_CACHE: dict[str, Any] = {}
 
 
-def _cached_data(policy: BudgetPolicy, device: str) -> Any:
-    """Data sets are loaded once per worker process and reused by the trials it runs."""
+def _cached_data(policy: BudgetPolicy, device: str) -> tuple[Any, str]:
+    """Data sets are loaded (and their content digest computed) once per worker process and reused by
+    the trials it runs."""
     from tunebudget.data import load_data
     from tunebudget.trainer import resolve_device
 
     dev = resolve_device(device)
     key = json.dumps([policy.task.model_dump(mode="json"), policy.seed, str(dev)], sort_keys=True)
     if key not in _DATA_CACHE:
+        from tunebudget.data import digest
+
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = load_data(policy.task, policy.seed, dev)
+        bundle = load_data(policy.task, policy.seed, dev)
+        _DATA_CACHE[key] = (bundle, digest(bundle))
     return _DATA_CACHE[key]
 
 
@@ -73,7 +77,7 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     policy = trial_policy(config, base)
     device = "cuda" if torch.cuda.is_available() and tune.get_context().get_trial_resources() \
         .required_resources.get("GPU", 0) > 0 else "cpu"
-    data = _cached_data(policy, device)
+    data, data_digest = _cached_data(policy, device)
 
     def on_eval(metrics: dict[str, Any]) -> None:
         tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -98,6 +102,8 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final["hostname"] = socket.gethostname()
     final["device"] = str(result.stats.get("device", device))
     final["too_short"] = int(result.too_short)
+    final["data_digest"] = data_digest  # the driver logs it as the run's MLflow dataset input
+    final["test_size"] = len(data.test)
     if result.status == "diverged" or metric not in final or result.too_short:
         final[metric] = 0.0 if mode == "max" else 1e12  # the worst value: diverged (or untrained) policies lose
     tune.report(final)

@@ -37,7 +37,8 @@ chosen **per seed on validation** (``full_best_use``), full + linear with the be
 (``full_keep_best``); small-loss selection, top-k with the noise rate estimated (``small_loss_topk``,
 ``ratio: auto``; its best share chosen on validation too, ``small_loss_topk_best_use``), online, and with
 the noise rate known (``small_loss_topk_known``, co-teaching's setting: tau = the noise rate, ramped over 5%
-of the budget). Every policy is compared with **the strongest full-data baseline** (of full + linear,
+of the budget). A reference no policy has: full + linear on the clean samples only (``oracle_clean``, and
+at its best share), in the noisy 10k 50-pass regimes. Every policy is compared with **the strongest full-data baseline** (of full + linear,
 ``full_best_use`` and ``full_keep_best``, the one with the best mean test accuracy: the choice favours the
 baseline) by a **paired** test over the seeds. The 50-pass 10k regimes (the headline) run every policy
 with 5 seeds; the others a core set with 3. Output: ``many_passes.md``, ``many_passes.json``,
@@ -123,9 +124,16 @@ MANY_POLICIES: dict[str, dict[str, Any]] = {
        for u in SMALL_LOSS_SHARES},
     "small_loss_online": {"selection": {**SMALL_LOSS, "strategy": "online"}},
     "small_loss_topk_known": {"selection": {"strategy": "topk", "scorer": "small_loss", "shrink_span": 0.05}, "known": True},
+    # the ceiling: full + linear on the clean samples only (an oracle), at its best share; noisy headline regimes
+    "oracle_clean": {"selection": {"strategy": "full"}, "oracle": True},
+    **{f"oracle_clean_use{u:g}": {"selection": {"strategy": "full"}, "budget": {"use": u}, "oracle": True,
+                                  "member_of": "oracle_clean_best_use"} for u in (0.1, 0.2, 0.5)},
 }
+#: Reference rows, neither a full-data baseline nor a selective policy.
+ORACLE = ("oracle_clean", "oracle_clean_best_use")
 #: Derived policies: the best share of their members (and of the whole-budget run), per seed, on validation.
-BEST_USE = {"full_best_use": "full_linear", "small_loss_topk_best_use": "small_loss_topk"}
+BEST_USE = {"full_best_use": "full_linear", "small_loss_topk_best_use": "small_loss_topk",
+            "oracle_clean_best_use": "oracle_clean"}
 FULL_DATA = ("full_linear", "full_best_use", "full_keep_best")
 CORE = ["full_linear", *(f"full_use{u:g}" for u in USE_SHARES), "full_keep_best", "rs2", "topk_margin",
         "topk_reducible", "online_reducible", "small_loss_topk", *(f"small_loss_topk_use{u:g}" for u in SMALL_LOSS_SHARES),
@@ -171,8 +179,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if key not in _DATA:
         _DATA.clear()
         _DATA[key] = load_data(policy.task, policy.seed, "cpu")
+    data = _DATA[key]
+    if job.get("oracle"):  # a reference no policy has: only the samples whose label is right
+        import dataclasses
+
+        data = dataclasses.replace(data, train=data.train.subset(~data.train.noisy))
     t0 = time.perf_counter()
-    result = BudgetTrainer(policy, device="cpu", data=_DATA[key]).run()
+    result = BudgetTrainer(policy, device="cpu", data=data).run()
     s = result.stats
     return {**{k: job[k] for k in ("regime", "policy", "seed", "kind", "budget")},
             "status": result.status, "wall_seconds": time.perf_counter() - t0,
@@ -226,7 +239,8 @@ def many_jobs(regimes: list[str], kind: str, budgets: dict[str, float], seeds: O
         r = REGIMES[regime]
         names = CNN if r.get("cnn") else (list(MANY_POLICIES) if r.get("all_policies") and not core_only else CORE)
         noise = r["task"].get("label_noise", 0.0)
-        specs = {n: MANY_POLICIES[n] for n in names if not (MANY_POLICIES[n].get("known") and noise == 0)}
+        specs = {n: MANY_POLICIES[n] for n in names
+                 if not ((MANY_POLICIES[n].get("known") or MANY_POLICIES[n].get("oracle")) and noise == 0)}
         if best and regime in best["regimes"]:
             specs["sweep_best"] = best
         for seed in range(seeds or r["seeds"]):
@@ -236,7 +250,7 @@ def many_jobs(regimes: list[str], kind: str, budgets: dict[str, float], seeds: O
                     selection["ratio"] = round(1 - noise, 4)
                 jobs.append({"regime": regime, "policy": name, "seed": seed, "kind": kind, "budget": budgets[regime],
                              "selection": selection, "training": spec.get("training", {}),
-                             "budget_extra": spec.get("budget")})
+                             "budget_extra": spec.get("budget"), "oracle": bool(spec.get("oracle"))})
     return jobs
 
 
@@ -310,7 +324,7 @@ def summarise_many(rows: list[dict], kind: str) -> tuple[list[str], dict]:
                                      "mislabelled": statistics.fmean(mis) if mis else None,
                                      "noise_estimate": statistics.fmean(est) if est else None,
                                      "val": _mean(got, "val_accuracy")}
-        selective = [n for n in shown if n not in FULL_DATA]
+        selective = [n for n in shown if n not in FULL_DATA and n not in ORACLE]
         if selective:
             pick = max(selective, key=lambda n: table[(regime, n)]["val"])
             t = table[(regime, pick)]
@@ -571,9 +585,11 @@ def main_many(args) -> int:
         rows += run_all(many_jobs(wall, "seconds", seconds, args.wall_seeds, best, core_only=True), args.workers, "wall",
                         reuse)
     took = time.time() - t0
+    reused = sum(1 for r in rows if any(r is x for x in reuse or []))
+    again = f"; {reused} of its {len(rows)} runs taken from {args.reuse}, run before" if reused else ""
     md = [f"# Small noisy data, many passes: Fashion-MNIST, CPU ({args.workers} runs at once, 1 thread each)", "",
           f"Command: `python bench/regimes.py {' '.join(sys.argv[1:])}`; took {took / 60:.0f} min "
-          f"({took_samples / 60:.0f} min under the sample budget).", "",
+          f"({took_samples / 60:.0f} min under the sample budget){again}.", "",
           "Δ: paired over seeds (seed k: the same subset, label noise, validation split and initialisation for every "
           "policy) against the strongest full-data baseline of the regime (of full_linear, full_best_use and "
           "full_keep_best, the one with the best mean test accuracy); 95% CI of the mean difference; one-sided paired "

@@ -146,10 +146,20 @@ def test_export_then_train_replays_the_best_policy(finished_sweep):
     assert policy["name"] == "digits_mlp-best" and policy["budget"]["samples"] == 4000
     assert policy["training"]["threads"] == 1  # what the trials ran with (--cpus-per-trial 0.5: one thread)
     result = tmp / "replay.json"
-    proc = run_cli("train", str(out), "--json", str(result), "--quiet", cwd=tmp)
+    proc = run_cli("train", str(out), "--json", str(result), "--quiet", "--save", str(tmp / "model"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     replay = json.loads(result.read_text())
     assert replay["test"]["accuracy"] > 0.8 and replay["threads"] == 1
+    # ... and take the model home: loaded in a fresh process, it predicts the replay's test accuracy
+    check = ("import json, sys, tunebudget\n"
+             "from tunebudget.data import _load_raw\n"
+             "t = tunebudget.load_trained(sys.argv[1])\n"
+             "raw = _load_raw(t.policy.task, t.policy.seed)\n"  # digits as sklearn gives them
+             "print((t.predict(raw.test_x) == raw.test_y).double().mean().item())\n")
+    proc = subprocess.run([sys.executable, "-c", check, str(tmp / "model")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) == pytest.approx(replay["test"]["accuracy"], abs=1e-9)
     proc = run_cli("train", str(out), "--json", str(result), "--quiet", "--threads", "2", cwd=tmp)
     assert proc.returncode == 0 and json.loads(result.read_text())["threads"] == 2
 

@@ -228,7 +228,8 @@ def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) 
                                 curves=[row.get("curve") or []]))
     if chosen and chosen[0].kind == "searched":
         leader = space.policy_for(chosen[0].params)
-        if leader.selection.ratio < 1 and leader.selection.strategy != "rs2":
+        ratio = leader.selection.ratio  # "auto" (small_loss) has no fixed share for RS2 to copy
+        if ratio != "auto" and ratio < 1 and leader.selection.strategy != "rs2":
             chosen.append(Candidate("rs2_at_best_ratio", "baseline",
                                     {"selection.strategy": "rs2", "selection.ratio": leader.selection.ratio}))
     return chosen

@@ -158,7 +158,7 @@ def test_load_trained_refuses_what_is_not_a_whole_saved_model(tmp_path):
 
 # ---- the replay in MLflow: the run, its dataset, the model (pyfunc) and the registry ----------------
 
-def test_a_logged_replay_is_an_mlflow_model_that_predicts_what_the_saved_one_does(own, tmp_path, cli):
+def test_a_logged_replay_is_an_mlflow_model_that_predicts_what_the_saved_one_does(own, tmp_path, cli, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -185,7 +185,7 @@ def test_a_logged_replay_is_an_mlflow_model_that_predicts_what_the_saved_one_doe
     from homedata import digits_raw
 
     _, _, test_x, test_y = digits_raw()
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for models:/ URIs; undone after the test (set_tracking_uri is not)
     logged = mlflow.pyfunc.load_model(f"models:/{model.model_id}").predict(test_x.astype("float32"))
     saved = tunebudget.load_trained(tmp_path / "model").predict(test_x).numpy()
     assert (np.asarray(logged).argmax(1) == saved).all()
@@ -216,3 +216,16 @@ def test_tracking_flags_are_checked_before_training(tmp_path, cli, args, fragmen
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and fragment in res.stderr, res.stderr
     assert "test accuracy" not in res.stdout
+
+
+def test_logging_a_replay_leaves_the_process_tracking_uri_alone(tmp_path, cli, monkeypatch):
+    """MLflow's fluent log_model sets MLFLOW_TRACKING_URI for later subprocesses: a sweep started after
+    a logged replay (the API, a notebook, these tests) must still log where it is told to."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    policy = write_yaml(tmp_path / "p.yaml", tiny_policy())
+    res = cli("train", str(policy), "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'a.db'}")
+    assert res.returncode == 0, res.stderr
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    res = cli("train", str(policy), "--quiet", "--tracking-uri", f"sqlite:///{tmp_path / 'b.db'}")
+    assert res.returncode == 0 and os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"

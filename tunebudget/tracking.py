@@ -486,10 +486,29 @@ def _log_model(tracker: Tracker, run_id: str, module: Any, example: Any, registe
     t0 = time.perf_counter()
     with torch.no_grad():
         out = module(torch.from_numpy(example)).numpy()
-    mlflow.set_tracking_uri(tracker.uri)
-    with mlflow.start_run(run_id=run_id):
+    with _fluent_uri(tracker.uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(module, name="model", serialization_format="pt2",
                                         signature=infer_signature(example, out), input_example=example,
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                                         registered_model_name=register)
     return info.model_uri, time.perf_counter() - t0
+
+
+@contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``log_model`` has no client form) pointed at ``uri`` for the block only:
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` for every later subprocess, which
+    would send a later sweep of the same process (the Python API, the tests) to this store."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env

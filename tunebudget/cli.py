@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save is not None and result.status != "diverged":  # a diverged model is not worth keeping
         print(f"saved the model to {result.save(args.save)} (load it with tunebudget.load_trained)")
     if args.tracking_uri:
-        from tunebudget.tracking import log_train_run, ui_url
+        from tunebudget.tracking import log_train_run, run_ui_line
 
         logged = log_train_run(args.tracking_uri, args.experiment or policy.name, result, args.register,
                                " ".join(shlex.quote(a) for a in sys.argv))
@@ -118,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         registered = f", registered as {args.register!r}" if args.register and logged["model_uri"] else ""
         print(f"logged to MLflow: run {logged['run_id']}{where}{registered} "
               f"(model logged in {logged['log_model_seconds']:.1f} s)")
+        print(run_ui_line(logged["run_id"], args.tracking_uri))
     return 0 if result.status == "completed" else 1
 
 
@@ -148,8 +149,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"Verdict: {outcome.verdict.text}")
     store = f" --tracking-uri {shlex.quote(args.tracking_uri)}" if args.tracking_uri else ""
     print(f"Export it with: tunebudget export {shlex.quote(outcome.experiment)} -o best_policy.yaml{store}")
-    from tunebudget.tracking import sweep_ui_line
-    print(sweep_ui_line(outcome.parent_id, args.tracking_uri))
+    from tunebudget.tracking import run_ui_line
+    print(run_ui_line(outcome.parent_id, args.tracking_uri))
     return 0
 
 

@@ -28,7 +28,7 @@ def _sweep(ref: str, tracking_uri: Optional[str], command: str) -> tuple[Tracker
 
 def _best_finished_trial(tracker: Tracker, parent: Any) -> BudgetPolicy:
     """The best FINISHED child run of an unfinished sweep (confirmation runs first)."""
-    from tunebudget.sweep import POLICY_TAG
+    from tunebudget.tracking import POLICY_TAG
 
     metric, mode = parent.data.tags.get("metric", "val_accuracy"), parent.data.tags.get("mode", "max")
     runs = [r for r in tracker.children(parent.info.experiment_id, parent.info.run_id)

@@ -43,6 +43,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 DEFAULT_EXPERIMENT_ID = "0"
 UI_PORT = 5000  # `tunebudget ui` default
+#: Run tag holding the run's resolved policy as compact JSON (export reads it back).
+POLICY_TAG = "tunebudget.policy"
 
 
 def _local_user() -> str:
@@ -142,8 +144,9 @@ def latest_sweep_link(base: str, timeout: float = 20.0) -> tuple[str, str]:
     return f"sweep {tags.get('sweep_name', info.get('run_name'))}", ui_url(base, info["experiment_id"], info["run_id"])
 
 
-def sweep_ui_line(parent_id: str, tracking_uri: Optional[str] = None) -> str:
-    """One line for after a sweep: the link to its parent run in the MLflow UI and how to open it.
+def run_ui_line(parent_id: str, tracking_uri: Optional[str] = None) -> str:
+    """One line for after a sweep (or a logged train): the link to its (parent) run in the MLflow UI and
+    how to open it.
 
     Never raises (the sweep has finished; a link is not worth an error): without the run's
     experiment it links to the experiments list."""
@@ -455,7 +458,7 @@ def log_train_run(uri: Optional[str], experiment: str, result: Any, register: Op
         exp = tracker.experiment_id(experiment)
         run_id = tracker.start_run(exp, f"train-{policy.name}", {"tunebudget_role": "train", "command": command,
                                                                "policy_digest": policy.digest(),
-                                                               "tunebudget.policy": json.dumps(policy.to_dict())},
+                                                               POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":"))},
                                    policy.flat())
         for h in result.history:
             tracker.log_metrics(run_id, {k: v for k, v in h.items() if k != "final"}, int(h["train_seconds"] * 1000))

@@ -16,7 +16,7 @@ from ray.tune import Callback
 from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.worker import trial_policy
-from tunebudget.tracking import STATUS_FOR_TRIAL, Tracker, existing_children_by_trial
+from tunebudget.tracking import POLICY_TAG, STATUS_FOR_TRIAL, Tracker, existing_children_by_trial
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 INTERRUPTED = threading.Event()
 
 
-#: Child-run tag holding the trial's resolved policy as compact JSON (export reads it back).
-POLICY_TAG = "tunebudget.policy"
 
 
 #: Tune result keys that are bookkeeping, not metrics worth an MLflow series.

@@ -14,10 +14,9 @@ from typing import Any, Optional
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
-from tunebudget.sweep.callbacks import POLICY_TAG
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.stages import candidate_policy, fail_parent
-from tunebudget.tracking import Tracker
+from tunebudget.tracking import POLICY_TAG, Tracker
 
 log = logging.getLogger(__name__)
 

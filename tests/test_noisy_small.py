@@ -286,3 +286,21 @@ def test_verdict_is_paired_on_shared_seeds_and_sees_what_welch_cannot():
                     seeds=[0, 1, 2, 3])
     v = verdict([worse, ref], "min", "val_mse")
     assert v.beats and "lower is better; paired over 4 seeds: 95% CI [-0.0" in v.text
+
+
+def test_a_baseline_that_wins_is_still_compared_with_the_best_searched_policy():
+    """When a baseline is the best, the verdict gives the best searched policy's paired difference from
+    it with its interval (what the user needs to see how far selection is from winning)."""
+    from tunebudget.report import Candidate, verdict
+
+    base = Candidate("full_use0.1", "baseline", {}, values=[0.84, 0.83, 0.85], seeds=[0, 1, 2])
+    top1 = Candidate("top1", "searched", {}, values=[0.835, 0.826, 0.846], seeds=[0, 1, 2])
+    top2 = Candidate("top2", "searched", {}, values=[0.70, 0.71, 0.69], seeds=[0, 1, 2])
+    v = verdict([top2, base, top1], "max", "val_accuracy")
+    assert v.best is base and not v.beats and v.challenger is top1 and v.test == "paired"
+    assert v.paired.n == 3 and v.paired.high < 0 and abs(v.diff + 0.0043) < 1e-4
+    assert "No searched policy beats the baselines" in v.text
+    assert "'top1' is -0.0043 from it" in v.text and "paired over 3 seeds: 95% CI [-0.0" in v.text
+    # no shared seeds: no interval to give, the verdict says only who won
+    lone = verdict([Candidate("top1", "searched", {}, values=[0.8]), base], "max", "val_accuracy")
+    assert lone.challenger is None and lone.text.endswith("(val_accuracy 0.8400 ± 0.0100).")

@@ -52,9 +52,9 @@ def test_sweep_finishes_with_a_verdict(finished_sweep):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Verdict" in proc.stdout and "Best policy" in proc.stdout
     assert "Traceback" not in proc.stderr
-    # confirmation seed k is the same for every candidate: the verdict is paired over them (unless no
-    # searched policy beat the baselines, when there is nothing to compare)
-    assert "paired over 2 seeds: 95% CI" in proc.stdout or "No searched policy beats the baselines" in proc.stdout
+    # confirmation seed k is the same for every candidate: the verdict is paired over them, also when a
+    # baseline wins (the best searched policy's difference from it, with its interval)
+    assert "paired over 2 seeds: 95% CI" in proc.stdout
 
 
 def test_store_holds_one_parent_and_a_child_per_trial(finished_sweep):
@@ -134,7 +134,9 @@ def test_concurrency_limit_holds(finished_sweep):
     for _, delta in events:
         running += delta
         peak = max(peak, running)
-    assert peak == 2
+    # the limit is what is tested: trials of 4000 samples take ~0.2 s, so on a loaded machine two of
+    # them do not always overlap (peak 1), but more than 2 at once would be the limit broken
+    assert 1 <= peak <= 2
 
 
 def test_export_then_train_replays_the_best_policy(finished_sweep):

@@ -135,7 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top, max_failures=args.max_failures,
         resume=args.resume, seed=args.seed, storage_path=args.storage_path, optuna_storage=args.optuna_storage,
         name=args.name, quiet=args.quiet, fidelity=args.fidelity, eta=args.eta, min_budget=args.min_budget,
-        search_seconds=args.search_time)
+        search_seconds=args.search_time, confirm=args.confirm)
     try:
         outcome = run_sweep(space, opts)
     except SweepInterrupted as exc:
@@ -204,7 +204,12 @@ def _add_sweep_commands(sub: Any) -> None:
                    help="restart: the smallest rung's budget, in the budget's unit (default: budget / eta^2)")
     p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: the file's sweep.scheduler, else none)")
     p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: the file's sweep.sampler, else tpe)")
-    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (default: the file's sweep.confirm_seeds, else 3)")
+    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (the race: "
+                   "its compute is candidates x this many runs; default: the file's sweep.confirm_seeds, else 3)")
+    p.add_argument("--confirm", choices=["race", "fixed"], help="confirmation stage: race (seeds in rounds; "
+                   "candidates the leader beats beyond the noise leave after sweep.first_test seeds and their runs "
+                   "go to the others, within the compute of fixed) or fixed (--confirm-seeds each); default: the "
+                   "file's sweep.confirm, else race")
     p.add_argument("--confirm-top", type=int, help="searched policies re-run in the confirmation stage (default: the file's sweep.confirm_top, else 3)")
     p.add_argument("--max-failures", type=int, help="retries of a trial whose worker fails (default: the file's sweep.max_failures, else 1)")
     p.add_argument("--resume", action="store_true", help="continue this space's latest interrupted sweep (or --name)")

@@ -64,6 +64,8 @@ class Verdict:
     paired: Optional["Paired"] = None
     #: ``paired`` or ``welch``: the test the verdict rests on.
     test: str = "welch"
+    #: When the best is a baseline: the best searched policy, compared with it in ``paired``.
+    challenger: Optional[Candidate] = None
 
 
 def verdict(candidates: Sequence[Candidate], mode: str, metric: str, min_effect: float = 0.0) -> Verdict:
@@ -86,9 +88,7 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str, min_effect:
         return Verdict(best, best_base, float("nan"), float("nan"), False,
                        "No verdict: the baselines or the candidates have no finished confirmation runs.")
     if best is best_base:
-        text = (f"No searched policy beats the baselines: the best confirmed policy is the baseline "
-                f"{best.name!r} ({metric} {best.mean:.4f} ± {best.std:.4f}).")
-        return Verdict(best, best_base, 0.0, float("nan"), False, text)
+        return _baseline_wins(scored, best_base, sign, metric)
     means = f"{metric} {best.mean:.4f} ± {best.std:.4f} vs {best_base.mean:.4f} ± {best_base.std:.4f}"
     better = "higher" if mode == "max" else "lower"
     bar = f" by more than {min_effect:g}" if min_effect else ""
@@ -110,6 +110,23 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str, min_effect:
     if not enough:
         text += " Too few seeds to judge: use --confirm-seeds 3 or more."
     return Verdict(best, best_base, diff, p, beats, text)
+
+
+def _baseline_wins(scored: Sequence[Candidate], best_base: Candidate, sign: float, metric: str) -> Verdict:
+    """The best confirmed policy is a baseline: say so, with how far the best searched policy is from
+    it (paired on their shared seeds when there are two or more: the difference and its interval)."""
+    text = (f"No searched policy beats the baselines: the best confirmed policy is the baseline "
+            f"{best_base.name!r} ({metric} {best_base.mean:.4f} ± {best_base.std:.4f})")
+    searched = [c for c in scored if c.kind != "baseline"]
+    top = max(searched, key=lambda c: sign * c.mean, default=None)
+    pair = paired(top.by_seed(), best_base.by_seed(), sign) if top is not None else None
+    if top is None or pair is None:
+        return Verdict(best_base, best_base, 0.0, float("nan"), False, text + ".")
+    low, high = sorted((sign * pair.low, sign * pair.high))
+    text += (f"; the best searched policy {top.name!r} is {sign * pair.diff:+.4f} from it ({metric} {top.mean:.4f} ± "
+             f"{top.std:.4f}; paired over {pair.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, "
+             f"one-sided paired t-test p = {pair.p:.3f}, Wilcoxon p = {pair.p_wilcoxon:.3f}).")
+    return Verdict(best_base, best_base, pair.diff, pair.p, False, text, pair, "paired", challenger=top)
 
 
 def beyond_noise(a: Candidate, b: Candidate, sign: float = 1.0) -> tuple[float, float, bool]:

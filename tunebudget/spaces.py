@@ -115,6 +115,12 @@ class SweepSpec(_Strict):
     #: The verdict's bar: "beats" means the paired difference's 95% interval lies above this, in the
     #: metric's units (0.005: half a point of accuracy). 0: above zero.
     min_effect: float = Field(default=0.0, ge=0)
+    #: race: seeds in rounds, candidates the leader beats beyond the noise dropped after first_test
+    #: seeds, their runs spent on the others (up to max_seeds each, at most candidates x confirm_seeds
+    #: runs in all); fixed: every candidate confirm_seeds seeds.
+    confirm: Literal["race", "fixed"] = "race"
+    first_test: int = Field(default=3, ge=2, le=100)
+    max_seeds: int = Field(default=10, ge=1, le=1000)
     max_failures: int = Field(default=1, ge=0, le=100)
     seed: int = Field(default=0, ge=0)
 

@@ -11,10 +11,12 @@ Stages of :func:`run_sweep` (``pipeline.py``, the flow of one sweep in one funct
    Optuna storage so the study resumes and optuna-dashboard can read it) and the baselines
    enqueued first through ``points_to_evaluate``.
 3. **confirm** (``stages.py``): the top-k searched policies and the baselines (plus RS2 at the
-   winner's ratio) re-run with fresh seeds; the best policy is chosen on the confirmed mean, not
-   on one lucky trial.
-4. **verdict and artifacts** (``verdict.py``): the parent MLflow run gets the best policy YAML,
-   the summary table and the plots; ``tunebudget export`` reads them back.
+   winner's ratio) re-run with fresh seeds, the same ones for every candidate: all at once
+   (``fixed``) or as a race in rounds that drops the candidates the leader beats (``race.py``); the
+   best policy is chosen on the confirmed mean, not on one lucky trial.
+4. **verdict and artifacts** (``verdict.py``): the paired comparison of the best policy with the
+   best baseline (``report.verdict``); the parent MLflow run gets the best policy YAML, the summary
+   table and the plots; ``tunebudget export`` reads them back.
 
 The driver writes everything to MLflow through a Tune callback (``callbacks.py``; trial workers
 never talk to it). A sweep's state lives in ``<storage>/<sweep>/tunebudget_sweep.json``

@@ -63,7 +63,9 @@ class TrialLogger:
                 "policy_digest": policy.digest(), POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":")), "baseline": label if self.stage == "search" else None,
                 "candidate": label if self.stage == "confirm" else None}
         if self.stage == "confirm":
-            tags["confirm"] = "true"
+            job = trial.config.get("job") or {}
+            tags.update({"confirm": "true", "seed": str(policy.seed),
+                         "round": None if job.get("round") is None else str(job["round"])})
         fidelity = trial.config.get(FIDELITY)
         if fidelity:
             tags.update({"rung": str(fidelity["rung"]), "rung_budget": f"{fidelity['amount']:g}",

@@ -30,7 +30,6 @@ from tunebudget.sweep.preflight import preflight
 from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
     SweepInterrupted,
-    collect_confirm,
     fail_parent,
     pick_candidates,
     refuse_failed,
@@ -180,17 +179,17 @@ def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str
         resume = False
     rows = state["rows"]
     candidates = pick_candidates(rows, space, plan)
+    race = None
     if plan.confirm_seeds > 0 and candidates:
-        grid = run_confirm(plan, space, ids, candidates, resume, opts.quiet)
+        race = run_confirm(plan, space, ids, candidates, resume, opts.quiet)
         if INTERRUPTED.is_set():
             raise SweepInterrupted(plan.name)
-        collect_confirm(grid, candidates, plan)
         log.info("confirm stage done after %.1f s", time.perf_counter() - t0)
     else:
         for c in candidates:
             c.values = [c.search_value] if c.search_value is not None else []
     outcome = finalize(plan, space, tracker, ids, rows, candidates, state.get("efficiency") or {},
-                       slots=state.get("slots", plan.concurrency))
+                       slots=state.get("slots", plan.concurrency), race=race)
     save_state(plan, stage="finished")
     log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
     return outcome

@@ -50,6 +50,7 @@ class SweepOptions:
     search_seconds: Optional[float] = None
     eta: Optional[int] = None
     min_budget: Optional[float] = None
+    confirm: Optional[str] = None
 
 
 @dataclass
@@ -84,6 +85,11 @@ class Plan:
     search_seconds: Optional[float] = None
     #: the verdict's bar in the metric's units (the space's sweep.min_effect)
     min_effect: float = 0.0
+    #: the confirmation: race (rounds, losers dropped) or fixed (confirm_seeds each); a state saved
+    #: before races existed resumes as fixed
+    confirm: str = "fixed"
+    first_test: int = 3
+    max_seeds: int = 10
 
     @property
     def root(self) -> Path:
@@ -156,7 +162,8 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         confirm_seeds=_pick(opts.confirm_seeds, sw.confirm_seeds), max_failures=_pick(opts.max_failures, sw.max_failures),
         seed=_pick(opts.seed, sw.seed), metric=metric, mode=mode, storage=str(storage),
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
-        base=base.to_dict(), min_effect=sw.min_effect,
+        base=base.to_dict(), min_effect=sw.min_effect, confirm=_pick(opts.confirm, sw.confirm),
+        first_test=sw.first_test, max_seeds=sw.max_seeds,
     )
 
 

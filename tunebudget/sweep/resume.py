@@ -91,7 +91,7 @@ _FIXED_ON_RESUME = {"trials": "trials", "concurrency": "concurrency", "cpus_per_
                     "sampler": "sampler", "confirm_seeds": "confirm_seeds", "confirm_top": "confirm_top",
                     "max_failures": "max_failures", "seed": "seed", "optuna_storage": "optuna_storage",
                     "tracking_uri": "tracking_uri", "fidelity": "fidelity", "eta": "eta", "min_budget": "rungs",
-                    "search_seconds": "search_seconds"}
+                    "search_seconds": "search_seconds", "confirm": "confirm"}
 
 
 def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str, Any]]:

@@ -19,6 +19,7 @@ from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, SweepCallback, label_key
 from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
+from tunebudget.sweep.race import Race
 from tunebudget.sweep.resume import save_state
 from tunebudget.sweep.worker import trainable
 from tunebudget.tracking import Tracker
@@ -89,13 +90,13 @@ class _StopIfUntrainable(Stopper):
         return len(self.finished) >= UNTRAINED_AFTER and all(self.finished)
 
 
-def _run_config(plan: Plan, stage: str, callback: SweepCallback) -> Any:
+def _run_config(plan: Plan, stage: str, callback: SweepCallback, name: Optional[str] = None) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     stopper = _StopIfUntrainable() if stage == "search" else None
     # CSV and JSON loggers by name: the result grid's metric histories are read from them (Tune's
     # automatic loggers are off, see run_sweep)
-    return tune.RunConfig(name=stage, storage_path=str(plan.root), verbose=0, stop=stopper,
+    return tune.RunConfig(name=name or stage, storage_path=str(plan.root), verbose=0, stop=stopper,
                           callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
                           failure_config=tune.FailureConfig(max_failures=plan.max_failures))
 
@@ -244,33 +245,55 @@ def candidate_policy(space: SearchSpace, plan: Plan, c: Any, seed: int) -> Budge
 
 
 def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates: list[Any], resume: bool,
-                quiet: bool) -> Any:
-    """Stage 3: every candidate again with ``confirm_seeds`` fresh seeds."""
+                quiet: bool) -> Optional[Race]:
+    """Stage 3: the candidates again with fresh seeds, paired (seed k: the same for every candidate).
+    ``fixed``: ``confirm_seeds`` each, one Tune run. ``race``: seeds in rounds (one Tune run each, kept
+    under ``confirm-round<r>``), candidates the leader beats beyond the noise dropped (:mod:`race`);
+    returns the race. Each candidate's values and seeds are filled in."""
+    for c in candidates:
+        c.curves = []  # the confirmation runs replace the search-stage curves
+    if plan.confirm != "race":
+        jobs = [(c, k) for c in candidates for k in range(plan.confirm_seeds)]
+        collect_confirm(_confirm_round(plan, space, ids, jobs, "confirm", None, resume, quiet), candidates, plan)
+        return None
+    sign = 1.0 if plan.mode == "max" else -1.0
+    race = Race(candidates, sign, min(plan.first_test, max(2, plan.confirm_seeds)), max(plan.max_seeds, 2),
+                cap=len(candidates) * plan.confirm_seeds)
+    while not INTERRUPTED.is_set():
+        jobs = race.next_round()
+        if not jobs:
+            break
+        r = race.round - 1
+        grid = _confirm_round(plan, space, ids, jobs, f"confirm-round{r}", r, resume, quiet)
+        collect_confirm(grid, candidates, plan)
+    return race
+
+
+def _confirm_round(plan: Plan, space: SearchSpace, ids: dict[str, str], jobs: list[tuple[Any, int]], name: str,
+                   rnd: Optional[int], resume: bool, quiet: bool) -> Any:
+    """One Tune run of confirmation ``jobs`` (candidate, seed index); restored when ``--resume`` finds it."""
     from ray import tune
 
-    path = plan.root / "confirm"
+    path = plan.root / name
     if resume and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable=_trainable(plan)).fit()
-    jobs, labels = [], {}
-    for c in candidates:
-        for k in range(plan.confirm_seeds):
-            policy = candidate_policy(space, plan, c, CONFIRM_SEED_BASE + k)
-            job = {"candidate": c.name, "kind": c.kind, "policy": policy.to_dict()}
-            jobs.append(job)
-            labels[label_key({"job": job})] = c.name
+    specs, labels = [], {}
+    for c, k in jobs:
+        policy = candidate_policy(space, plan, c, CONFIRM_SEED_BASE + k)
+        job = {"candidate": c.name, "kind": c.kind, "policy": policy.to_dict(), "seed_index": k, "round": rnd}
+        specs.append(job)
+        labels[label_key({"job": job})] = c.name
     tuner = tune.Tuner(
-        _trainable(plan), param_space={"job": tune.grid_search(jobs)},
+        _trainable(plan), param_space={"job": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True),
-        run_config=_run_config(plan, "confirm", _callback(plan, "confirm", ids, labels, len(jobs), quiet)),
+        run_config=_run_config(plan, "confirm", _callback(plan, "confirm", ids, labels, len(specs), quiet), name=name),
     )
     return tuner.fit()
 
 
 def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
-    """Fill each candidate's per-seed values and validation curves from the confirm stage."""
+    """Add each candidate's per-seed values (with their seeds) and validation curves from a confirmation run."""
     by_name = {c.name: c for c in candidates}
-    for c in candidates:
-        c.curves = []  # the confirmation runs replace the search-stage curves
     for r in grid:
         job = (r.config or {}).get("job") or {}
         c = by_name.get(job.get("candidate"))

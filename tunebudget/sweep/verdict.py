@@ -51,7 +51,7 @@ def _concurrency(plan: Plan, slots: Optional[int]) -> str:
 
 def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]],
              candidates: list[Any], efficiency: Optional[dict[str, float]] = None,
-             slots: Optional[int] = None) -> SweepOutcome:
+             slots: Optional[int] = None, race: Any = None) -> SweepOutcome:
     """Stage 4: verdict, best policy, summary and plots onto the parent run; the parent finishes."""
     import tempfile
 
@@ -66,7 +66,8 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
     meta = {"sweep": plan.name, "space": f"{plan.space_path} (sha256 {space.file_hash})",
             "trials": f"{plan.trials} searched + {len(space.baselines)} baselines, {_concurrency(plan, slots)}",
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
-            "confirmation": f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
+            "confirmation": race.describe() if race is not None else
+            f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
             "sampler": plan.sampler, "scheduler": plan.scheduler}
     correlations = report.rank_correlations(rows) if plan.fidelity == "restart" else []
     if plan.fidelity == "restart":
@@ -87,7 +88,10 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
         out = Path(tmp)
         (out / "best_policy.yaml").write_text(best.to_yaml())
         (out / "summary.md").write_text(summary)
-        (out / "summary.json").write_text(json.dumps(_summary_json(plan, v, candidates, rows), indent=2, default=str))
+        summary_json = _summary_json(plan, v, candidates, rows)
+        if race is not None:
+            summary_json["race"] = {"rounds": race.round, "runs": race.runs, "cap": race.cap, "dropped": race.dropped}
+        (out / "summary.json").write_text(json.dumps(summary_json, indent=2, default=str))
         report.plot_history(rows, plan.metric, plan.mode, out / "optimization_history.png")
         report.plot_curves(candidates, plan.metric, out / "validation_vs_time.png")
         if correlations:
@@ -100,6 +104,9 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
             tracker.log_file(parent, path)
     metrics = {"best_mean": v.best.mean, "best_std": v.best.std, "n_trials": len(rows),
                "n_failed": sum(r["status"] == "ERROR" for r in rows), **(efficiency or {})}
+    if race is not None:
+        metrics.update({"race_rounds": race.round, "race_runs": race.runs, "race_cap": race.cap,
+                        "race_dropped": len(race.dropped)})
     for c in correlations:
         if c["n"] >= 3:
             pair = f"r{c['low']}_r{c['high']}"
@@ -135,6 +142,8 @@ def _summary_json(plan: Plan, v: Any, candidates: list[Any], rows: list[dict[str
     pair = v.paired
     return {"sweep": plan.name, "metric": plan.metric, "mode": plan.mode, "verdict": v.text, "beats": v.beats,
             "best": v.best.name if v.best else None, "test": v.test,
+            "compared": [v.challenger.name if v.challenger else (v.best.name if v.best else None),
+                         v.best_baseline.name if v.best_baseline else None],
             "paired": None if pair is None else {"n": pair.n, "diff": pair.diff, "ci": [pair.low, pair.high],
                                                  "p_t": pair.p, "p_wilcoxon": pair.p_wilcoxon},
             "candidates": [{"name": c.name, "kind": c.kind, "params": c.params, "values": c.values, "seeds": c.seeds,

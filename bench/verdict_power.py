@@ -132,9 +132,8 @@ def main() -> int:
     t0 = time.time()
     jobs = [j for n in names for j in pool_jobs(n, args.null_pool if EXPERIMENTS[n]["effect"] is None else args.pool)]
     reuse = json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else None
-    runs = R.run_all(jobs, args.workers, "pool", reuse)
-    for job, row in zip(jobs, runs):
-        row["experiment"] = job["experiment"]
+    # copies: a reused row can serve two experiments' jobs (the same policy, regime and seed)
+    runs = [{**row, "experiment": job["experiment"]} for job, row in zip(jobs, R.run_all(jobs, args.workers, "pool", reuse))]
     took = time.time() - t0
     rng = random.Random(0)
     lines = [f"# Verdict calibration: false positives and power (CPU, {args.workers} runs at once)", "",

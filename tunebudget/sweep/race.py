@@ -6,8 +6,10 @@ compared with every other candidate still in the race on the seeds both ran (pai
 same data split, subset, noise draw and initialisation for all); a candidate the leader beats beyond
 the noise (the paired difference's 95% interval above zero) leaves the race. Its runs stay in the
 verdict; it gets no more seeds. The runs it would have had go to more seeds for those still in
-contention, the closest to the leader first, up to ``max_seeds`` each, until the race has spent the
-compute of the fixed confirmation (``candidates x confirm_seeds`` runs) or one candidate is left.
+contention, up to ``max_seeds`` each, in whole rounds (every candidate left runs the round's seed,
+so those left share their seeds and their means compare like with like) for as long as a whole round
+fits in the compute of the fixed confirmation (``candidates x confirm_seeds`` runs), or until one
+candidate is left.
 
 So a baseline leaves only after the leader was compared with it, the verdict stays paired, and a
 hopeless candidate costs ``first_test`` runs instead of ``confirm_seeds``. The decisions depend only
@@ -88,9 +90,10 @@ class Race:
             self._eliminate()
         if self.round >= self.first_test and len(self.alive) <= 1:
             return []
-        left = self.cap - self.runs
-        ready = sorted((c for c in self.alive if self.given[c.name] < self.max_seeds), key=self._mean, reverse=True)
-        jobs = [(c, self.given[c.name]) for c in ready[:max(0, left)]]
+        ready = [c for c in self.alive if self.given[c.name] < self.max_seeds]
+        if len(ready) > self.cap - self.runs:  # only whole rounds: the candidates left share their seeds,
+            return []                          # so their means (the verdict's ranking) compare like with like
+        jobs = [(c, self.given[c.name]) for c in ready]
         for c, _ in jobs:
             self.given[c.name] += 1
         self.runs += len(jobs)

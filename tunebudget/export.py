@@ -12,11 +12,21 @@ from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, load_yaml_text, policy_from_dict
+from tunebudget.names import (
+    BEST_POLICY,
+    DIVERGED_TAG,
+    METRIC_TAG,
+    MODE_TAG,
+    POLICY_TAG,
+    SWEEP_ARTIFACTS,
+    SWEEP_NAME_TAG,
+    VERDICT_TAG,
+)
 from tunebudget.tracking import Tracker, resolve_uri
 from tunebudget.util import atomic_write_bytes, write_output
 
-REPORT_FILES = ("summary.md", "summary.json", "best_policy.yaml", "optimization_history.png",
-                "param_importance.png", "validation_vs_time.png")
+#: What `tunebudget report` fetches: every artifact the verdict writes onto the parent run.
+REPORT_FILES = SWEEP_ARTIFACTS
 
 
 def _sweep(ref: str, tracking_uri: Optional[str], command: str) -> tuple[Tracker, Any]:
@@ -28,12 +38,10 @@ def _sweep(ref: str, tracking_uri: Optional[str], command: str) -> tuple[Tracker
 
 def _best_finished_trial(tracker: Tracker, parent: Any) -> BudgetPolicy:
     """The best FINISHED child run of an unfinished sweep (confirmation runs first)."""
-    from tunebudget.tracking import POLICY_TAG
-
-    metric, mode = parent.data.tags.get("metric", "val_accuracy"), parent.data.tags.get("mode", "max")
+    metric, mode = parent.data.tags.get(METRIC_TAG, "val_accuracy"), parent.data.tags.get(MODE_TAG, "max")
     runs = [r for r in tracker.children(parent.info.experiment_id, parent.info.run_id)
             if r.info.status == "FINISHED" and metric in r.data.metrics and POLICY_TAG in r.data.tags
-            and r.data.tags.get("diverged") != "true"]
+            and r.data.tags.get(DIVERGED_TAG) != "true"]
     if not runs:
         raise TuneBudgetError(f"export {parent.info.run_id}: the sweep has no finished trial yet; "
                               "wait for one or resume the sweep")
@@ -51,18 +59,18 @@ def export_best(ref: str, output: str, tracking_uri: Optional[str] = None, allow
     if status != "FINISHED":
         if not allow_partial and status == "FAILED":
             raise TuneBudgetError(
-                f"export {ref}: sweep {parent.data.tags.get('sweep_name', parent.info.run_id)} failed "
-                f"({parent.data.tags.get('verdict', 'see its parent run in MLflow')}); start a new sweep, or pass "
+                f"export {ref}: sweep {parent.data.tags.get(SWEEP_NAME_TAG, parent.info.run_id)} failed "
+                f"({parent.data.tags.get(VERDICT_TAG, 'see its parent run in MLflow')}); start a new sweep, or pass "
                 "--allow-partial to export its best finished trial")
         if not allow_partial:
             raise TuneBudgetError(
-                f"export {ref}: sweep {parent.data.tags.get('sweep_name', parent.info.run_id)} has not finished "
+                f"export {ref}: sweep {parent.data.tags.get(SWEEP_NAME_TAG, parent.info.run_id)} has not finished "
                 f"(status {status}); resume it with 'tunebudget sweep SPACE --resume', or pass --allow-partial "
                 "to export its best finished trial")
         policy = _best_finished_trial(tracker, parent)
     else:
-        text = tracker.download_text(parent.info.run_id, "best_policy.yaml")
-        policy = policy_from_dict(load_yaml_text(text), f"run {parent.info.run_id}: best_policy.yaml")
+        text = tracker.download_text(parent.info.run_id, BEST_POLICY)
+        policy = policy_from_dict(load_yaml_text(text), f"run {parent.info.run_id}: {BEST_POLICY}")
     return write_output(out, policy.to_yaml(), "export -o")
 
 

@@ -30,21 +30,28 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.names import (  # noqa: F401 - re-exported: tracking.POLICY_TAG is how callers spell it
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    PARENT_ID_TAG,
+    POLICY_TAG,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    ROLE_TRAIN,
+    RUN_NAME_TAG,
+    SWEEP_NAME_TAG,
+    TRAIN_POLICY,
+    TRAIN_SUMMARY,
+    TRIAL_ID_TAG,
+    USER_TAG,
+)
 
 log = logging.getLogger(__name__)
 
-PARENT_ID_TAG = "mlflow.parentRunId"
-RUN_NAME_TAG = "mlflow.runName"
-USER_TAG = "mlflow.user"
 STATUS_FOR_TRIAL = {"TERMINATED": "FINISHED", "ERROR": "FAILED", "KILLED": "KILLED"}
 MAX_PARAM_LEN = 6000
-# MLflow's experiment kind (values of its UI's ExperimentKind): classic training, not GenAI traces
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
 DEFAULT_EXPERIMENT_ID = "0"
 UI_PORT = 5000  # `tunebudget ui` default
-#: Run tag holding the run's resolved policy as compact JSON (export reads it back).
-POLICY_TAG = "tunebudget.policy"
 
 
 def _local_user() -> str:
@@ -131,7 +138,7 @@ def latest_sweep_link(base: str, timeout: float = 20.0) -> tuple[str, str]:
     try:
         exps = post("experiments/search", {"max_results": 100, "order_by": ["last_update_time DESC"]})
         ids = [e["experiment_id"] for e in exps.get("experiments", [])]
-        runs = post("runs/search", {"experiment_ids": ids, "filter": "tags.tunebudget_role = 'sweep'",
+        runs = post("runs/search", {"experiment_ids": ids, "filter": f"tags.{ROLE_TAG} = '{ROLE_SWEEP}'",
                                     "order_by": ["attributes.start_time DESC"], "max_results": 1}) if ids else {}
         run = runs.get("runs", [None])[0]
     except (OSError, ValueError, KeyError, IndexError) as exc:
@@ -141,7 +148,7 @@ def latest_sweep_link(base: str, timeout: float = 20.0) -> tuple[str, str]:
         return "no sweep yet", ui_url(base)
     info = run["info"]
     tags = {t["key"]: t["value"] for t in run.get("data", {}).get("tags", [])}
-    return f"sweep {tags.get('sweep_name', info.get('run_name'))}", ui_url(base, info["experiment_id"], info["run_id"])
+    return f"sweep {tags.get(SWEEP_NAME_TAG, info.get('run_name'))}", ui_url(base, info["experiment_id"], info["run_id"])
 
 
 def run_ui_line(parent_id: str, tracking_uri: Optional[str] = None) -> str:
@@ -409,7 +416,7 @@ class Tracker:
         """A sweep's parent run from an experiment name (its latest sweep) or a run id."""
         exp_id = self.experiment_id(ref, create=False)
         if exp_id is not None:
-            parents = self.runs(exp_id, "tags.tunebudget_role = 'sweep'", max_results=1000)
+            parents = self.runs(exp_id, f"tags.{ROLE_TAG} = '{ROLE_SWEEP}'", max_results=1000)
             if not parents:
                 raise TuneBudgetError(f"{command} {ref}: experiment {ref!r} holds no tunebudget sweep; "
                                       "run 'tunebudget sweep' first or give a parent run id")
@@ -419,7 +426,7 @@ class Tracker:
         except Exception:  # noqa: BLE001 - MlflowException for unknown ids, varies by store
             raise TuneBudgetError(f"{command} {ref}: no experiment or run of that name or id in {self.uri}; "
                                   "list experiments in 'tunebudget ui' or check --tracking-uri") from None
-        if run.data.tags.get("tunebudget_role") != "sweep":
+        if run.data.tags.get(ROLE_TAG) != ROLE_SWEEP:
             raise TuneBudgetError(f"{command} {ref}: run {ref} is not a tunebudget sweep's parent run")
         return run
 
@@ -434,7 +441,7 @@ def existing_children_by_trial(tracker: Tracker, experiment_id: str, parent_id: 
     """Child runs of a sweep keyed by their ``trial_id`` tag (for resume without duplicates)."""
     out: dict[str, Any] = {}
     for run in tracker.children(experiment_id, parent_id):
-        trial = run.data.tags.get("trial_id")
+        trial = run.data.tags.get(TRIAL_ID_TAG)
         if trial:
             out[trial] = run
     return out
@@ -456,7 +463,7 @@ def log_train_run(uri: Optional[str], experiment: str, result: Any, register: Op
     policy, data = result.policy, result.data
     with tracker.writing("cannot log the run"):
         exp = tracker.experiment_id(experiment)
-        run_id = tracker.start_run(exp, f"train-{policy.name}", {"tunebudget_role": "train", "command": command,
+        run_id = tracker.start_run(exp, f"train-{policy.name}", {ROLE_TAG: ROLE_TRAIN, "command": command,
                                                                "policy_digest": policy.digest(),
                                                                POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":"))},
                                    policy.flat())
@@ -468,8 +475,8 @@ def log_train_run(uri: Optional[str], experiment: str, result: Any, register: Op
         tracker.log_dataset(run_id, policy.task, digest(data), {"train_size": len(data.train),
                                                                "val_size": len(data.val), "test_size": len(data.test)})
         with tempfile.TemporaryDirectory() as tmp:
-            for name, text in (("summary.json", json.dumps(summary, indent=2, default=str)),
-                               ("policy.yaml", policy.to_yaml())):
+            for name, text in ((TRAIN_SUMMARY, json.dumps(summary, indent=2, default=str)),
+                               (TRAIN_POLICY, policy.to_yaml())):
                 (Path(tmp) / name).write_text(text)
                 tracker.log_file(run_id, Path(tmp) / name)
         model_uri, seconds = None, 0.0

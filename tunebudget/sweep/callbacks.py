@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from tunebudget.names import DIVERGED_TAG, ROLE_TAG, ROLE_TRIAL, STAGE_TAG, TRIAL_ID_TAG
 from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.worker import trial_policy
@@ -59,7 +60,7 @@ class TrialLogger:
             return
         policy = trial_policy(trial.config, self.plan.base)
         label = self.labels.get(label_key(trial.config), "")
-        tags = {"trial_id": trial.trial_id, "tunebudget_role": "trial", "stage": self.stage,
+        tags = {TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: ROLE_TRIAL, STAGE_TAG: self.stage,
                 "policy_digest": policy.digest(), POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":")), "baseline": label if self.stage == "search" else None,
                 "candidate": label if self.stage == "confirm" else None}
         if self.stage == "confirm":
@@ -94,7 +95,7 @@ class TrialLogger:
                                 "hostname": last.get("hostname"), "device": last.get("device")}
         tags = {k: v for k, v in tags.items() if v is not None}
         if last.get("diverged"):
-            tags["diverged"] = "true"
+            tags[DIVERGED_TAG] = "true"
         if error:
             tags["error"] = error[:5000]
         self.tracker.set_tags(run_id, tags)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ray.tune.search import Searcher
@@ -44,6 +45,67 @@ def rung_budgets(budget: float, eta: int, min_budget: float) -> list[float]:
     return [budget / eta ** (k - i) for i in range(k + 1)]
 
 
+@dataclass
+class Ladder:
+    """ASHA's promotion rule over restart rungs, and the compute it may spend: a pure object (no
+    Optuna, no Tune), so the rule is tested alone.
+
+    ``results[k]`` holds the finished values at rung ``k`` by configuration id; ``promoted[k]`` the
+    configurations that left rung ``k``. :meth:`next` says what a free slot runs and commits its
+    budget; ``cap`` is in budget units (seconds or sample passes).
+    """
+
+    rungs: list[float]
+    eta: int
+    cap: float
+    #: 1 when higher values are better, -1 when lower are
+    sign: int = 1
+    committed: float = 0.0
+    results: list[dict[str, float]] = field(default_factory=list)
+    promoted: list[set[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.results = self.results or [{} for _ in self.rungs]
+        self.promoted = self.promoted or [set() for _ in self.rungs]
+
+    def left(self) -> float:
+        """Budget units the sweep may still start (a float's rounding does not cost a trial)."""
+        return self.cap - self.committed + 1e-9 * self.cap
+
+    def promotable(self, left: float = math.inf) -> Optional[tuple[str, int]]:
+        """The configuration to promote now, and the rung it leaves (None: start a new one); only
+        to a rung whose budget fits in ``left``."""
+        for k in reversed(range(len(self.rungs) - 1)):
+            if self.rungs[k + 1] > left:
+                continue
+            done = self.results[k]
+            top = sorted(done, key=lambda c: -self.sign * done[c])[: len(done) // self.eta]
+            for config_id in top:
+                if config_id not in self.promoted[k]:
+                    return config_id, k
+        return None
+
+    def next(self) -> Optional[tuple[Optional[str], int]]:
+        """What a free slot runs: ``(config, rung)`` for a promotion, ``(None, 0)`` for a new
+        configuration, None when not even a rung-0 trial fits. The rung's budget is committed."""
+        left = self.left()
+        promote = self.promotable(left)
+        if promote is not None:
+            config_id, k = promote
+            self.promoted[k].add(config_id)
+            job: tuple[Optional[str], int] = (config_id, k + 1)
+        elif self.rungs[0] <= left:
+            job = (None, 0)
+        else:
+            return None
+        self.committed += self.rungs[job[1]]
+        return job
+
+    def record(self, config_id: str, rung: int, value: float) -> None:
+        """A finished, valid result (failed, diverged or cut trials are never recorded)."""
+        self.results[rung][config_id] = float(value)
+
+
 class RestartHalving(Searcher):
     """A Tune searcher running asynchronous successive halving with restarts over an Optuna study.
 
@@ -51,7 +113,7 @@ class RestartHalving(Searcher):
     compute of that many full-budget trials. ``points``, the baselines, start at rung 0 first, like
     any configuration. A free slot takes a promotion that fits in what is left, else a new
     configuration if a rung-0 trial fits; when neither does the searcher is finished (the running
-    trials end as usual).
+    trials end as usual). The rule is the :class:`Ladder`'s; this class adds the study and Tune.
     """
 
     def __init__(self, space: Any, metric: str, mode: str, rungs: list[float], eta: int, trials: int,
@@ -60,16 +122,32 @@ class RestartHalving(Searcher):
         self.space, self.rungs, self.eta, self.trials = space, list(rungs), eta, trials
         self.points = [dict(p) for p in points]
         self.sampler, self.study_name, self.storage = sampler, study_name, storage
-        self.results: list[dict[str, float]] = [{} for _ in rungs]  # rung -> config id -> value
-        self.promoted: list[set[str]] = [set() for _ in rungs]
         self.params: dict[str, dict[str, Any]] = {}  # config id -> sampled parameters
         self.optuna_number: dict[str, int] = {}  # config id -> its Optuna trial (rung 0)
         self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config id, rung)
         self.started = 0  # configurations started at rung 0
         self.total = trials + len(points)  # full-budget trials' worth of compute
-        self.cap = self.total * self.rungs[-1]  # in budget units (seconds or sample passes)
-        self.committed = 0.0  # Σ rung budgets of the trials started
+        self.ladder = Ladder(self.rungs, eta, self.total * self.rungs[-1], 1 if mode == "max" else -1)
         self._study: Any = None
+
+    # the ladder's state, read where the searcher was read before it had one
+    @property
+    def results(self) -> list[dict[str, float]]:
+        return self.ladder.results
+
+    @property
+    def cap(self) -> float:
+        return self.ladder.cap
+
+    @property
+    def committed(self) -> float:
+        return self.ladder.committed
+
+    def left(self) -> float:
+        return self.ladder.left()
+
+    def promotable(self, left: float = math.inf) -> Optional[tuple[str, int]]:
+        return self.ladder.promotable(left)
 
     # ---- Optuna --------------------------------------------------------------------------
     @property
@@ -94,39 +172,15 @@ class RestartHalving(Searcher):
         self.optuna_number[config_id] = trial.number
         return config_id, dict(trial.params)
 
-    # ---- ASHA's promotion rule -----------------------------------------------------------
-    def left(self) -> float:
-        """Budget units the sweep may still start (a float's rounding does not cost a trial)."""
-        return self.cap - self.committed + 1e-9 * self.cap
-
-    def promotable(self, left: float = math.inf) -> Optional[tuple[str, int]]:
-        """The configuration to promote now, and the rung it leaves (None: start a new one); only
-        to a rung whose budget fits in ``left``."""
-        sign = 1 if self.mode == "max" else -1
-        for k in reversed(range(len(self.rungs) - 1)):
-            if self.rungs[k + 1] > left:
-                continue
-            done = self.results[k]
-            top = sorted(done, key=lambda c: -sign * done[c])[: len(done) // self.eta]
-            for config_id in top:
-                if config_id not in self.promoted[k]:
-                    return config_id, k
-        return None
-
+    # ---- Tune ------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
-        left = self.left()
-        promote = self.promotable(left)
-        if promote is not None:
-            config_id, k = promote
-            self.promoted[k].add(config_id)
-            rung = k + 1
-        elif self.rungs[0] <= left:
+        job = self.ladder.next()
+        if job is None:  # not even a rung-0 trial fits: nothing will (the running trials still end as usual)
+            return Searcher.FINISHED
+        config_id, rung = job
+        if config_id is None:
             config_id, params = self._new_config()
             self.params[config_id] = params
-            rung = 0
-        else:  # not even a rung-0 trial fits: nothing will (the running trials still end as usual)
-            return Searcher.FINISHED
-        self.committed += self.rungs[rung]
         self.live[trial_id] = (config_id, rung)
         return {**self.params[config_id],
                 FIDELITY: {"rung": rung, "amount": self.rungs[rung], "config": config_id,
@@ -140,7 +194,7 @@ class RestartHalving(Searcher):
         ok = isinstance(value, (int, float)) and math.isfinite(value) and bool((result or {}).get("finished")) \
             and not (result or {}).get("diverged") and not (result or {}).get("too_short")
         if ok:
-            self.results[rung][config_id] = float(value)
+            self.ladder.record(config_id, rung, float(value))
         if rung == 0 and config_id in self.optuna_number:
             import optuna
 
@@ -163,11 +217,25 @@ class RestartHalving(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
+        if "ladder" not in state:  # saved before the rule was a Ladder: its fields were the searcher's
+            state = _ladder_from_legacy(state, self.rungs, self.eta, 1 if self.mode == "max" else -1)
         self.__dict__.update(state)
-        if "cap" not in state:  # saved before sweeps were sized by compute: every trial started
-            self.cap = self.total * self.rungs[-1]  # was a new configuration or a promotion
-            self.committed = self.started * self.rungs[0] + sum(
-                len(p) * self.rungs[k + 1] for k, p in enumerate(self.promoted[:-1]))
+
+
+def _ladder_from_legacy(state: dict[str, Any], rungs: list[float], eta: int, sign: int) -> dict[str, Any]:
+    """A searcher state saved before the Ladder (results, promoted, cap, committed as its own fields;
+    before compute sizing, no cap or committed: every trial started was a new configuration or a
+    promotion) as one with a Ladder."""
+    state = dict(state)
+    results, promoted = state.pop("results"), state.pop("promoted")
+    rungs = state.get("rungs", rungs)
+    cap = state.pop("cap", None)
+    committed = state.pop("committed", None)
+    if cap is None:
+        cap = state["total"] * rungs[-1]
+        committed = state["started"] * rungs[0] + sum(len(p) * rungs[k + 1] for k, p in enumerate(promoted[:-1]))
+    state["ladder"] = Ladder(list(rungs), state.get("eta", eta), cap, sign, committed, results, promoted)
+    return state
 
 
 def expected_trials(full_trials: int, rungs: list[float], eta: int) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.names import METRIC_TAG, MODE_TAG, ROLE_SWEEP, ROLE_TAG, SWEEP_NAME_TAG
 from tunebudget.policy import policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
@@ -52,11 +53,11 @@ def start_parent(tracker: Tracker, plan: Plan, space: SearchSpace, resources: di
 
     exp_id = tracker.experiment_id(plan.experiment)
     base = policy_from_dict(plan.base)
-    tags = {"tunebudget_role": "sweep", "sweep_name": plan.name, "space_file": plan.space_path,
+    tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_NAME_TAG: plan.name, "space_file": plan.space_path,
             "space_hash": space.file_hash, "git_commit": git_commit(Path(plan.space_path).resolve().parent),
             "ray_address": plan.address or "local", "ray_cluster": json.dumps(resources, sort_keys=True),
             "device": "cuda" if plan.gpus > 0 else "cpu", "budget": f"{base.budget.amount:g} {base.budget.kind}",
-            "metric": plan.metric, "mode": plan.mode, "ray_version": ray.__version__}
+            METRIC_TAG: plan.metric, MODE_TAG: plan.mode, "ray_version": ray.__version__}
     params = {f"sweep.{k}": v for k, v in asdict(plan).items() if k != "base"}
     params.update({f"base.{k}": v for k, v in base.flat().items()})
     parent = tracker.start_run(exp_id, f"sweep-{plan.name}", tags, params)

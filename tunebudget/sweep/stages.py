@@ -14,6 +14,7 @@ from typing import Any, Optional
 from ray.tune.stopper import Stopper
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.names import VERDICT_TAG
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, SweepCallback, label_key
@@ -309,7 +310,7 @@ def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
 def fail_parent(plan: Plan, tracker: Tracker, ids: dict[str, str], why: str) -> None:
     """The sweep cannot go on: its parent run ends FAILED with ``why`` (not left RUNNING), and
     ``--resume`` refuses it rather than re-running what fails again."""
-    tracker.set_tags(ids["parent_id"], {"verdict": why})
+    tracker.set_tags(ids["parent_id"], {VERDICT_TAG: why})
     tracker.finish(ids["parent_id"], "FAILED")
     save_state(plan, stage="failed")
 

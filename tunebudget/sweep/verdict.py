@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from tunebudget import names
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace
@@ -86,20 +87,20 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
     parent = ids["parent_id"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        (out / "best_policy.yaml").write_text(best.to_yaml())
-        (out / "summary.md").write_text(summary)
+        (out / names.BEST_POLICY).write_text(best.to_yaml())
+        (out / names.SUMMARY_MD).write_text(summary)
         summary_json = _summary_json(plan, v, candidates, rows)
         if race is not None:
             summary_json["race"] = {"rounds": race.round, "runs": race.runs, "cap": race.cap, "dropped": race.dropped}
-        (out / "summary.json").write_text(json.dumps(summary_json, indent=2, default=str))
-        report.plot_history(rows, plan.metric, plan.mode, out / "optimization_history.png")
-        report.plot_curves(candidates, plan.metric, out / "validation_vs_time.png")
+        (out / names.SUMMARY_JSON).write_text(json.dumps(summary_json, indent=2, default=str))
+        report.plot_history(rows, plan.metric, plan.mode, out / names.OPTIMIZATION_HISTORY)
+        report.plot_curves(candidates, plan.metric, out / names.VALIDATION_VS_TIME)
         if correlations:
             report.plot_rank_correlations(correlations, plan.rungs, policy_from_dict(plan.base).budget.kind,
-                                          plan.metric, out / "rank_correlation.png")
+                                          plan.metric, out / names.RANK_CORRELATION)
         importances = _importances(plan)
         if importances:
-            report.plot_importance(importances, out / "param_importance.png")
+            report.plot_importance(importances, out / names.PARAM_IMPORTANCE)
         for path in sorted(out.iterdir()):
             tracker.log_file(parent, path)
     metrics = {"best_mean": v.best.mean, "best_std": v.best.std, "n_trials": len(rows),
@@ -119,7 +120,7 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
             metrics.update({"diff_ci_low": v.paired.low, "diff_ci_high": v.paired.high,
                             "p_wilcoxon": v.paired.p_wilcoxon, "paired_seeds": v.paired.n})
     tracker.log_metrics(parent, metrics)
-    tracker.set_tags(parent, {"verdict": v.text[:5000], "beats_baseline": str(v.beats).lower(), "verdict_test": v.test,
+    tracker.set_tags(parent, {names.VERDICT_TAG: v.text[:5000], "beats_baseline": str(v.beats).lower(), "verdict_test": v.test,
                               "best_candidate": v.best.name, "best_policy_digest": best.digest(),
                               POLICY_TAG: json.dumps(best.to_dict(), separators=(",", ":"))})
     tracker.finish(parent, "FINISHED")

@@ -128,16 +128,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     space = load_space(args.space)
     from tunebudget.sweep import SweepInterrupted, SweepOptions, run_sweep
 
-    opts = SweepOptions(
-        trials=args.trials, budget=args.budget, concurrency=args.concurrency, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, address=args.address, tracking_uri=args.tracking_uri,
-        experiment=args.experiment, scheduler=args.scheduler, sampler=args.sampler,
-        confirm_seeds=args.confirm_seeds, confirm_top=args.confirm_top, max_failures=args.max_failures,
-        resume=args.resume, seed=args.seed, storage_path=args.storage_path, optuna_storage=args.optuna_storage,
-        name=args.name, quiet=args.quiet, fidelity=args.fidelity, eta=args.eta, min_budget=args.min_budget,
-        search_seconds=args.search_time, confirm=args.confirm)
     try:
-        outcome = run_sweep(space, opts)
+        outcome = run_sweep(space, SweepOptions.from_args(args))
     except SweepInterrupted as exc:
         print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
               f"tunebudget sweep {shlex.quote(args.space)} --resume --name {exc}", file=sys.stderr)
@@ -182,42 +174,9 @@ def _add_sweep_commands(sub: Any) -> None:
                                    "them under a fixed budget each, MLflow records every trial; then the top "
                                    "policies and the baselines are re-run with extra seeds for a verdict.")
     p.add_argument("space", help="search-space YAML file (a base policy plus search/sweep/baselines)")
-    p.add_argument("--trials", type=int, help="searched trials, beyond the baselines (default: the file's sweep.trials); "
-                   "with --fidelity restart, the compute of that many full-budget trials, spent on as many "
-                   "configurations as it buys")
-    p.add_argument("--budget", type=float, metavar="SECONDS", help="wall-clock training budget of each trial")
-    p.add_argument("--concurrency", type=int, help="trials running at once")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial; torch threads follow it")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractional to share one GPU")
-    p.add_argument("--address", help="join this Ray cluster (host:port); default: a local Ray, or $RAY_ADDRESS")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow)")
-    p.add_argument("--experiment", help="MLflow experiment name (default: the space's name)")
-    p.add_argument("--fidelity", choices=["full", "restart"],
-                   help="full: every trial runs the whole budget; restart: successive halving with the budget as "
-                        "the fidelity, every trial a complete run at its rung's budget (default: the file's "
-                        "sweep.fidelity, else full)")
-    p.add_argument("--search-time", type=float, metavar="SECONDS",
-                   help="stop the search stage after this much wall time (trials still running then are cut and "
-                        "not counted); the confirmation stage follows as usual")
-    p.add_argument("--eta", type=int, help="restart: keep the top 1/eta of each rung (default: sweep.eta, else 3)")
-    p.add_argument("--min-budget", type=float, metavar="AMOUNT",
-                   help="restart: the smallest rung's budget, in the budget's unit (default: budget / eta^2)")
-    p.add_argument("--scheduler", choices=["none", "asha"], help="early stopping of trials (default: the file's sweep.scheduler, else none)")
-    p.add_argument("--sampler", choices=["tpe", "gp", "random"], help="Optuna sampler (default: the file's sweep.sampler, else tpe)")
-    p.add_argument("--confirm-seeds", type=int, help="seeds per re-run policy in the confirmation stage (the race: "
-                   "its compute is candidates x this many runs; default: the file's sweep.confirm_seeds, else 3)")
-    p.add_argument("--confirm", choices=["race", "fixed"], help="confirmation stage: race (seeds in rounds; "
-                   "candidates the leader beats beyond the noise leave after sweep.first_test seeds and their runs "
-                   "go to the others, within the compute of fixed) or fixed (--confirm-seeds each); default: the "
-                   "file's sweep.confirm, else race")
-    p.add_argument("--confirm-top", type=int, help="searched policies re-run in the confirmation stage (default: the file's sweep.confirm_top, else 3)")
-    p.add_argument("--max-failures", type=int, help="retries of a trial whose worker fails (default: the file's sweep.max_failures, else 1)")
-    p.add_argument("--resume", action="store_true", help="continue this space's latest interrupted sweep (or --name)")
-    p.add_argument("--name", help="sweep name (Ray experiment directory and Optuna study); default: space-timestamp")
-    p.add_argument("--seed", type=int, help="seed of the sampler and of the base policy")
-    p.add_argument("--storage-path", help="Ray Tune storage (default ./ray_results); shared storage on a cluster")
-    p.add_argument("--optuna-storage", help="Optuna storage URL (default: sqlite next to the tracking store)")
-    p.add_argument("--quiet", action="store_true", help="no live progress")
+    from tunebudget.options import add_sweep_flags
+
+    add_sweep_flags(p)  # every flag, its help and choices: SweepOptions' fields
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="write a sweep's best policy as YAML (replay it with 'tunebudget train')")

@@ -10,47 +10,18 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.options import SweepOptions, merged_sweep
 from tunebudget.policy import BudgetPolicy
-from tunebudget.spaces import SearchSpace
+from tunebudget.spaces import SearchSpace, SweepSpec
 from tunebudget.sweep.halving import rung_budgets
 from tunebudget.tracking import check_experiment_name, local_store, sqlite_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SweepOptions:
-    """Command-line choices; None means "take the space file's ``sweep`` section"."""
-
-    trials: Optional[int] = None
-    budget: Optional[float] = None
-    concurrency: Optional[int] = None
-    cpus_per_trial: Optional[float] = None
-    gpus_per_trial: Optional[float] = None
-    address: Optional[str] = None
-    tracking_uri: Optional[str] = None
-    experiment: Optional[str] = None
-    scheduler: Optional[str] = None
-    sampler: Optional[str] = None
-    confirm_seeds: Optional[int] = None
-    confirm_top: Optional[int] = None
-    max_failures: Optional[int] = None
-    resume: bool = False
-    seed: Optional[int] = None
-    storage_path: Optional[str] = None
-    optuna_storage: Optional[str] = None
-    name: Optional[str] = None
-    quiet: bool = False
-    fidelity: Optional[str] = None
-    search_seconds: Optional[float] = None
-    eta: Optional[int] = None
-    min_budget: Optional[float] = None
-    confirm: Optional[str] = None
 
 
 @dataclass
@@ -117,7 +88,6 @@ def _safe_name(text: str) -> str:
 
 def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     """Resolve the command line against the space's ``sweep`` section; check every value."""
-    sw = space.sweep
     base = space.base
     if opts.budget is not None:
         if not opts.budget > 0:
@@ -127,12 +97,7 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         base = base.with_overrides({"seed": opts.seed}, "--seed")
     if opts.search_seconds is not None and not (opts.search_seconds > 0 and math.isfinite(opts.search_seconds)):
         raise TuneBudgetError(f"--search-time: must be a positive number of seconds (got {opts.search_seconds})")
-    checks = [("--trials", opts.trials, 1), ("--concurrency", opts.concurrency, 1),
-              ("--confirm-seeds", opts.confirm_seeds, 0), ("--confirm-top", opts.confirm_top, 0),
-              ("--max-failures", opts.max_failures, 0)]
-    for flag, value, low in checks:
-        if value is not None and value < low:
-            raise TuneBudgetError(f"{flag}: must be at least {low} (got {value})")
+    sw = merged_sweep(space, opts)
     cpus = _pick(opts.cpus_per_trial, sw.resources.get("cpu", 1))
     gpus = _pick(opts.gpus_per_trial, sw.resources.get("gpu", 0))
     if not cpus > 0 or gpus < 0:
@@ -152,32 +117,28 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     name = opts.name or f"{_safe_name(space.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     tracking_uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
-    fidelity, eta, rungs = _fidelity(base, sw, opts, scheduler=_pick(opts.scheduler, sw.scheduler))
+    rungs = _rungs(base, sw)
     return Plan(
-        fidelity=fidelity, eta=eta, rungs=rungs, search_seconds=opts.search_seconds,
+        **{k: getattr(sw, k) for k in _FROM_SPEC}, rungs=rungs, search_seconds=opts.search_seconds,
         space_path=space.path, name=name, experiment=opts.experiment or space.name,
-        trials=_pick(opts.trials, sw.trials), concurrency=_pick(opts.concurrency, sw.concurrency),
-        cpus=float(cpus), gpus=float(gpus), scheduler=_pick(opts.scheduler, sw.scheduler),
-        sampler=_pick(opts.sampler, sw.sampler), confirm_top=_pick(opts.confirm_top, sw.confirm_top),
-        confirm_seeds=_pick(opts.confirm_seeds, sw.confirm_seeds), max_failures=_pick(opts.max_failures, sw.max_failures),
-        seed=_pick(opts.seed, sw.seed), metric=metric, mode=mode, storage=str(storage),
+        cpus=float(cpus), gpus=float(gpus), metric=metric, mode=mode, storage=str(storage),
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
-        base=base.to_dict(), min_effect=sw.min_effect, confirm=_pick(opts.confirm, sw.confirm),
-        first_test=sw.first_test, max_seeds=sw.max_seeds,
+        base=base.to_dict(),
     )
 
 
-def _fidelity(base: BudgetPolicy, sw: Any, opts: SweepOptions, scheduler: str) -> tuple[str, int, list[float]]:
-    """The sweep's fidelity, eta and rung budgets (one rung, the budget, for a full-budget sweep)."""
-    fidelity, eta = _pick(opts.fidelity, sw.fidelity), _pick(opts.eta, sw.eta)
-    budget = base.budget
-    if fidelity == "full":
-        return fidelity, eta, [float(budget.amount)]
-    if scheduler != "none":
-        raise TuneBudgetError("--fidelity restart: runs every trial to its rung's budget; leave --scheduler asha out")
-    if eta < 2:
-        raise TuneBudgetError(f"--eta: must be at least 2 (got {eta})")
-    smallest = _pick(opts.min_budget, sw.min_budget) or budget.amount / eta ** 2
+#: Plan fields taken as they are from the space's sweep section, after the command line's values
+#: (a new sweep option is a SweepSpec field and a Plan field of the same name; its flag, if it has
+#: one, a SweepOptions field). The metric and its mode are resolved against the task instead.
+_FROM_SPEC = sorted({f.name for f in fields(Plan)} & set(SweepSpec.model_fields) - {"metric", "mode"})
+
+
+def _rungs(base: BudgetPolicy, sw: SweepSpec) -> list[float]:
+    """The rung budgets of a restart sweep (one rung, the budget, for a full-budget sweep)."""
+    eta, budget = sw.eta, base.budget
+    if sw.fidelity == "full":
+        return [float(budget.amount)]
+    smallest = sw.min_budget or budget.amount / eta ** 2
     unit = "seconds" if budget.kind == "seconds" else "samples"
     if not 0 < smallest <= budget.amount or not math.isfinite(smallest):
         raise TuneBudgetError(f"--min-budget: must be in (0, {budget.amount:g}] {unit}, the per-trial budget "
@@ -186,7 +147,7 @@ def _fidelity(base: BudgetPolicy, sw: Any, opts: SweepOptions, scheduler: str) -
     if budget.kind == "samples" and rungs[0] < base.training.batch_size:
         raise TuneBudgetError(f"--min-budget: the smallest rung ({rungs[0]:g} samples) is less than one batch "
                               f"({base.training.batch_size}); give a larger --min-budget")
-    return fidelity, eta, rungs
+    return rungs
 
 
 def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:

@@ -15,7 +15,8 @@ from typing import Any, Iterator, Optional
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.spaces import SearchSpace
-from tunebudget.sweep.plan import Plan, SweepOptions, make_plan
+from tunebudget.options import SweepOptions, flag_of
+from tunebudget.sweep.plan import Plan, make_plan
 from tunebudget.util import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
         given, was = getattr(opts, flag), getattr(plan, field_name)
         if given is not None and getattr(fresh, field_name) != was:
             raise TuneBudgetError(
-                f"--resume: --{flag.replace('_', '-')} {given} differs from sweep {plan.name}'s {was}; a resumed "
+                f"--resume: {flag_of(flag)} {given} differs from sweep {plan.name}'s {was}; a resumed "
                 "sweep keeps its settings: leave the flag out, or start a new sweep")
     if opts.budget is not None and fresh.base["budget"] != plan.base["budget"]:
         raise TuneBudgetError(

@@ -95,11 +95,9 @@ def verdict(candidates: Sequence[Candidate], mode: str, metric: str, min_effect:
     pair = paired(best.by_seed(), best_base.by_seed(), sign)
     if pair is not None:  # differences shown as measured (best - baseline), the interval too
         beats = pair.low > min_effect
-        low, high = sorted((sign * pair.low, sign * pair.high))
         text = (f"{best.name!r} {'beats' if beats else 'does not beat'} the best baseline {best_base.name!r}{bar} "
-                f"beyond the seed noise: {means} ({sign * pair.diff:+.4f}, {better} is better; paired over "
-                f"{pair.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, one-sided paired t-test "
-                f"p = {pair.p:.3f}, Wilcoxon p = {pair.p_wilcoxon:.3f}).")
+                f"beyond the seed noise: {means} ({sign * pair.diff:+.4f}, {better} is better; "
+                f"{pair.as_measured(sign)}).")
         return Verdict(best, best_base, pair.diff, pair.p, beats, text, pair, "paired")
     diff, p, beats = beyond_noise(best, best_base, sign)
     beats = beats and diff > min_effect
@@ -122,10 +120,8 @@ def _baseline_wins(scored: Sequence[Candidate], best_base: Candidate, sign: floa
     pair = paired(top.by_seed(), best_base.by_seed(), sign) if top is not None else None
     if top is None or pair is None:
         return Verdict(best_base, best_base, 0.0, float("nan"), False, text + ".")
-    low, high = sorted((sign * pair.low, sign * pair.high))
     text += (f"; the best searched policy {top.name!r} is {sign * pair.diff:+.4f} from it ({metric} {top.mean:.4f} ± "
-             f"{top.std:.4f}; paired over {pair.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, "
-             f"one-sided paired t-test p = {pair.p:.3f}, Wilcoxon p = {pair.p_wilcoxon:.3f}).")
+             f"{top.std:.4f}; {pair.as_measured(sign)}).")
     return Verdict(best_base, best_base, pair.diff, pair.p, False, text, pair, "paired", challenger=top)
 
 
@@ -157,6 +153,13 @@ class Paired:
     def beats(self) -> bool:
         """The whole interval lies above zero (at least two seeds)."""
         return self.n >= 2 and self.low > 0
+
+    def as_measured(self, sign: float) -> str:
+        """The verdict's clause: the interval in the metric's own direction (``sign`` -1: lower is
+        better, so the difference and its interval are shown negated back), and the two tests."""
+        low, high = sorted((sign * self.low, sign * self.high))
+        return (f"paired over {self.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, one-sided "
+                f"paired t-test p = {self.p:.3f}, Wilcoxon p = {self.p_wilcoxon:.3f}")
 
     def text(self, scale: float = 1.0, unit: str = "") -> str:
         return (f"{self.diff * scale:+.2f}{unit} [95% CI {self.low * scale:+.2f}, {self.high * scale:+.2f}], "

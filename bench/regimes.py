@@ -380,7 +380,8 @@ def reach(history: list[dict], target: float) -> Optional[float]:
 
 
 def summarise(rows: list[dict], kind: str) -> tuple[list[str], dict]:
-    from tunebudget.report import Candidate, beyond_noise
+    from tunebudget.report import beyond_noise
+    from tunebudget.sweep.records import Candidate
 
     lines, table = [], {}
     for regime in dict.fromkeys(r["regime"] for r in rows):

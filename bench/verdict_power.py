@@ -76,7 +76,8 @@ def pool_jobs(name: str, n: int) -> list[dict[str, Any]]:
 
 def stage(values: dict[str, dict[int, float]], effect: str | None, seeds: list[int], how: str) -> dict[str, Any]:
     """One simulated confirmation stage on ``seeds`` (in order): the verdict, and the runs it used."""
-    from tunebudget.report import Candidate, verdict
+    from tunebudget.report import verdict
+    from tunebudget.sweep.records import Candidate
     from tunebudget.sweep.race import Race
 
     names = list(values)

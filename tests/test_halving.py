@@ -68,11 +68,11 @@ def test_asha_promotion_rule_and_what_optuna_learns(tmp_path):
         n += 1
     rungs = [r for _, r in seen]
     # the compute of 9 + 1 full-budget trials (9 units each), all of it: rung budgets 1, 3, 9
-    assert sum([1.0, 3.0, 9.0][r] for r in rungs) == 90 and s.left() < 1
+    assert sum([1.0, 3.0, 9.0][r] for r in rungs) == 90 and s.ladder.left() < 1
     assert rungs.count(0) > 10  # more configurations than full-budget trials: that is the point
     assert rungs.count(0) // 3 - 1 <= rungs.count(1) < rungs.count(0) and rungs.count(2) >= 1
     assert seen[0] == ("c0", 0)  # the baseline first
-    assert not s.live and s.committed == 90  # it finished with nothing running, the compute spent
+    assert not s.live and s.ladder.committed == 90  # it finished with nothing running, the compute spent
     study = s.study
     told = sorted(t.value for t in study.trials)
     assert told == sorted(v for (c, r), v in value.items() if r == 0)  # rung 0 only
@@ -102,7 +102,7 @@ def test_with_trials_running_at_once_no_slot_waits_and_the_compute_is_spent(tmp_
             break
         trial_id, config = running.pop(rng.randrange(len(running)))  # any of them may end first
         s.on_trial_complete(trial_id, {"val_accuracy": config["training.lr"] + rng.gauss(0, 0.05), "finished": 1})
-    assert sum(amounts) == 90 and s.committed == 90 and not s.live
+    assert sum(amounts) == 90 and s.ladder.committed == 90 and not s.live
     assert 3.0 in amounts and 9.0 in amounts  # promotions happened, up to the top rung
 
 
@@ -126,12 +126,12 @@ def test_a_searcher_saved_before_compute_sizing_resumes(tmp_path):
         s.on_trial_complete(f"t{i}", {"val_accuracy": 0.1 * i, "finished": 1})
     state = s.__getstate__()  # as it was pickled then: the rule's fields on the searcher, no cap or committed
     ladder = state.pop("ladder")
-    state.update(results=ladder.results, promoted=ladder.promoted)
+    state.update(results=ladder.results, promoted=ladder.promoted, rungs=ladder.rungs, eta=ladder.eta)
     with open(tmp_path / "old.pkl", "wb") as fh:
         pickle.dump(state, fh)
     again = _searcher(tmp_path, trials=4)
     again.restore(str(tmp_path / "old.pkl"))
-    assert again.cap == 4 * 9.0 and again.committed == s.committed
+    assert again.ladder.cap == 4 * 9.0 and again.ladder.committed == s.ladder.committed
     assert again.suggest("t4") is not None
 
 
@@ -146,12 +146,13 @@ def test_a_searcher_saved_before_the_ladder_resumes_with_its_compute(tmp_path):
         s.on_trial_complete(f"t{i}", {"val_accuracy": 0.1 * i, "finished": 1})
     state = s.__getstate__()
     ladder = state.pop("ladder")
-    state.update(results=ladder.results, promoted=ladder.promoted, cap=ladder.cap, committed=ladder.committed)
+    state.update(results=ladder.results, promoted=ladder.promoted, cap=ladder.cap, committed=ladder.committed,
+                 rungs=ladder.rungs, eta=ladder.eta)
     with open(tmp_path / "old.pkl", "wb") as fh:
         pickle.dump(state, fh)
     again = _searcher(tmp_path, trials=4)
     again.restore(str(tmp_path / "old.pkl"))
-    assert again.ladder == s.ladder and again.left() == s.left()
+    assert again.ladder == s.ladder and again.ladder.left() == s.ladder.left()
     assert again.suggest("t6") is not None and again.ladder.committed > ladder.committed  # and it goes on
 
 
@@ -190,7 +191,7 @@ def test_failed_and_diverged_trials_are_never_promoted(tmp_path):
     s.on_trial_complete("t2", {"val_accuracy": 0.9, "diverged": 1, "finished": 1})
     s.suggest("t3")
     s.on_trial_complete("t3", {"val_accuracy": 0.99})  # cut by --search-time: never reached its budget
-    assert s.promotable() is None and not s.results[0]
+    assert s.ladder.promotable() is None and not s.ladder.results[0]
     assert [t.state.name for t in s.study.trials] == ["FAIL"] * 4
     assert all(c["fidelity"]["rung"] == 0 for c in configs)
 
@@ -202,7 +203,7 @@ def test_searcher_state_survives_a_pickle_round_trip(tmp_path):
     s.save(str(tmp_path / "ckpt.pkl"))
     again = _searcher(tmp_path, trials=4)
     again.restore(str(tmp_path / "ckpt.pkl"))
-    assert again.started == 1 and again.results[0] == {"c0": 0.5}
+    assert again.started == 1 and again.ladder.results[0] == {"c0": 0.5}
     assert len(again.study.trials) == 1  # the same study, reloaded from its storage
 
 

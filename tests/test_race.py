@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run_cli
-from tunebudget.report import Candidate
+from tunebudget.sweep.records import Candidate
 from tunebudget.sweep.race import Race
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -98,7 +98,8 @@ def test_every_optimisable_metric_is_reported_by_the_trainer(dataset):
                                                     ("max", [0.92, 0.93, 0.94], [0.90, 0.91, 0.92], "+0.0200")])
 def test_verdict_shows_the_difference_as_measured(mode, best, base, shown):
     """A lower MSE is shown as a negative difference with its direction, not as '+'."""
-    from tunebudget.report import Candidate, verdict
+    from tunebudget.report import verdict
+    from tunebudget.sweep.records import Candidate
 
     v = verdict([Candidate("top1", "searched", {}, values=best), Candidate("full_linear", "baseline", {}, values=base)],
                 mode, "val_mse" if mode == "min" else "val_accuracy")

@@ -106,15 +106,31 @@ def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = N
     run in the Model training view (or to the experiments list); this process does not import
     MLflow, so it stays small while it waits.
     """
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    from tunebudget.tracking import artifact_root, is_local, latest_sweep_link, sqlite_file
+    from tunebudget.tracking import artifact_root
 
     if not 0 < port < 65536:
         raise TuneBudgetError(f"--port: must be 1-65535 (got {port})")
+    uri, missing = _servable_store(tracking_uri)
+    _check_listen(host, port)
+    if missing is not None:
+        missing.mkdir(parents=True)  # the default store before any sweep: serve it empty
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    root = artifact_root(uri)
+    if root is not None:  # what someone logs through this server goes next to the store, not to ./mlartifacts
+        cmd += ["--artifacts-destination", str(root)]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else (
+        f"[{host}]" if ":" in host else host)
+    base = f"http://{shown}:{port}"
+    print(f"Starting the MLflow UI on {base} (store {uri}); Ctrl-C to stop", file=sys.stderr)
+    return _supervise(subprocess.Popen(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}), base)
+
+
+def _servable_store(tracking_uri: Optional[str]) -> tuple[str, Optional[Path]]:
+    """The store ``mlflow ui`` is to serve, checked; and the default local store's directory when
+    it does not exist yet (made once the server can listen)."""
+    from tunebudget.tracking import is_local, sqlite_file
+
     uri = resolve_uri(tracking_uri)
     if not uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) and "://" in uri:
         raise TuneBudgetError(f"--tracking-uri {uri}: is a tracking server already; open it in a browser instead")
@@ -126,6 +142,13 @@ def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = N
             not in ("true", "1"):
         raise TuneBudgetError(f"--tracking-uri {uri}: MLflow 3 serves file stores only with "
                               "MLFLOW_ALLOW_FILE_STORE=true; or migrate it with 'mlflow migrate-filestore'")
+    return uri, db.parent if default_store and not db.parent.is_dir() else None
+
+
+def _check_listen(host: str, port: int) -> None:
+    """One line, before the server starts, when it could not listen on ``host:port``."""
+    import socket
+
     try:
         with socket.create_server((host, port)):
             pass
@@ -135,19 +158,17 @@ def serve_ui(port: int, host: str = "127.0.0.1", tracking_uri: Optional[str] = N
     except OSError as exc:
         raise TuneBudgetError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
                               "pick another port with --port") from None
-    if default_store and not db.parent.is_dir():
-        db.parent.mkdir(parents=True)  # the default store before any sweep: serve it empty
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--workers", "1"]
-    root = artifact_root(uri)
-    if root is not None:  # what someone logs through this server goes next to the store, not to ./mlartifacts
-        cmd += ["--artifacts-destination", str(root)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else (
-        f"[{host}]" if ":" in host else host)
-    base = f"http://{shown}:{port}"
-    print(f"Starting the MLflow UI on {base} (store {uri}); Ctrl-C to stop", file=sys.stderr)
-    proc = subprocess.Popen(cmd, env=env)
+
+
+def _supervise(proc: subprocess.Popen, base: str) -> int:
+    """Wait for the server at ``base`` to answer, print the link to the latest sweep, and stay
+    with it until it ends (Ctrl-C and SIGTERM stop it; it is never left running)."""
+    import signal
+    import time
+    import urllib.request
+
+    from tunebudget.tracking import latest_sweep_link
+
     try:  # `kill` of this process stops the server too (mlflow passes SIGTERM on to uvicorn)
         signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     except ValueError:  # not the main thread

@@ -30,6 +30,23 @@ METRIC_TAG, MODE_TAG = "metric", "mode"
 TRIAL_ID_TAG = "trial_id"
 STAGE_TAG = "stage"
 DIVERGED_TAG = "diverged"
+#: A run's policy digest (the same policy, the same digest: trials, the parent's best, train runs).
+POLICY_DIGEST_TAG = "policy_digest"
+
+# ---- a trial run's tags (written by the sweep's callback; read by tests, the UI and its users) ------
+#: search trials: the baseline's name ("" for a searched one); confirmation runs: the candidate's
+BASELINE_TAG, CANDIDATE_TAG = "baseline", "candidate"
+#: confirmation runs: "true", the seed and (in a race) the round
+CONFIRM_TAG, SEED_TAG, ROUND_TAG = "confirm", "seed", "round"
+#: restart successive halving: the rung, its budget and the configuration's key
+RUNG_TAG, RUNG_BUDGET_TAG, CONFIG_TAG = "rung", "rung_budget", "config"
+#: how Tune saw the trial end, where it ran, and a failed trial's error
+TRIAL_STATUS_TAG, NODE_TAG, HOSTNAME_TAG, DEVICE_TAG, ERROR_TAG = (
+    "trial_status", "ray_node_id", "hostname", "device", "error")
+
+# ---- a sweep's parent run: its verdict (written by the verdict stage) ---------------------------
+BEATS_TAG, VERDICT_TEST_TAG, BEST_CANDIDATE_TAG, BEST_DIGEST_TAG = (
+    "beats_baseline", "verdict_test", "best_candidate", "best_policy_digest")
 
 # ---- artifacts of a sweep's parent run (written by the verdict, fetched by `tunebudget report`) ----
 SUMMARY_MD = "summary.md"

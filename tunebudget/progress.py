@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tunebudget.policy import BudgetPolicy
+from tunebudget.sweep.records import Outcome
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -116,7 +117,7 @@ class SweepProgress:
     def update(self, trials: list[Any], result: dict[str, Any] | None = None) -> None:
         counts = {"done": 0, "stopped": 0, "RUNNING": 0, "ERROR": 0}
         for t in trials:
-            finished = t.status == "TERMINATED" and (t.last_result or {}).get("finished")
+            finished = t.status == "TERMINATED" and Outcome.of(t.last_result).finished
             # TERMINATED without the final report: early-stopped, or killed by an interrupt
             key = ("done" if finished else "stopped") if t.status == "TERMINATED" else t.status
             counts[key] = counts.get(key, 0) + 1

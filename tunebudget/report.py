@@ -1,16 +1,16 @@
-"""Plots and tables of a sweep: PNG files and a markdown summary.
-
-Inputs are plain data (lists and dicts) so the same functions serve a live sweep and
-``tunebudget report`` reading a finished one back from MLflow.
+"""The verdict of a sweep (paired statistics over its candidates) and its plots and tables: PNG
+files and a markdown summary, from the sweep's records (:mod:`tunebudget.sweep.records`).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from tunebudget.sweep.records import Candidate, TrialRow
 
 #: Optuna's parameter-importance evaluator used in reports (Optuna 5 defaults to PED-ANOVA too;
 #: we name it explicitly so the plot says what it measured).
@@ -24,32 +24,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-@dataclass
-class Candidate:
-    """A policy re-run with several seeds in the confirmation stage."""
-
-    name: str
-    kind: str  # "searched" | "baseline"
-    params: dict[str, Any]
-    values: list[float] = field(default_factory=list)
-    curves: list[list[tuple[float, float]]] = field(default_factory=list)
-    search_value: Optional[float] = None
-    #: The seed of each value (confirmation seed k is the same data split, subset, label noise and
-    #: initialisation for every candidate); empty when unknown, and then nothing is paired.
-    seeds: list[int] = field(default_factory=list)
-
-    def by_seed(self) -> dict[int, float]:
-        return dict(zip(self.seeds, self.values)) if len(self.seeds) == len(self.values) else {}
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values) if self.values else float("nan")
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
 
 @dataclass
@@ -154,11 +128,15 @@ class Paired:
         """The whole interval lies above zero (at least two seeds)."""
         return self.n >= 2 and self.low > 0
 
-    def as_measured(self, sign: float) -> str:
-        """The verdict's clause: the interval in the metric's own direction (``sign`` -1: lower is
-        better, so the difference and its interval are shown negated back), and the two tests."""
+    def interval(self, sign: float) -> str:
+        """The 95% interval in the metric's own direction (``sign`` -1: lower is better, so the
+        difference was signed to make positive better, and is shown negated back)."""
         low, high = sorted((sign * self.low, sign * self.high))
-        return (f"paired over {self.n} seeds: 95% CI [{low:+.4f}, {high:+.4f}] of the difference, one-sided "
+        return f"95% CI [{low:+.4f}, {high:+.4f}]"
+
+    def as_measured(self, sign: float) -> str:
+        """The verdict's clause: the interval in the metric's own direction, and the two tests."""
+        return (f"paired over {self.n} seeds: {self.interval(sign)} of the difference, one-sided "
                 f"paired t-test p = {self.p:.3f}, Wilcoxon p = {self.p_wilcoxon:.3f}")
 
     def text(self, scale: float = 1.0, unit: str = "") -> str:
@@ -206,7 +184,7 @@ def _welch_p(a: Sequence[float], b: Sequence[float], sign: float) -> float:
 # ---- tables ------------------------------------------------------------------------------------
 
 def summary_markdown(space_name: str, metric: str, mode: str, candidates: Sequence[Candidate],
-                     v: Verdict, search_rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+                     v: Verdict, search_rows: Sequence[TrialRow], meta: dict[str, Any]) -> str:
     sign = 1 if mode == "max" else -1
     lines = [f"# Sweep summary: {space_name}", ""]
     lines += [f"- {k}: {val}" for k, val in meta.items()]
@@ -216,16 +194,16 @@ def summary_markdown(space_name: str, metric: str, mode: str, candidates: Sequen
         sv = f"{c.search_value:.4f}" if c.search_value is not None else ""
         params = ", ".join(f"{k}={_fmt(val)}" for k, val in c.params.items())
         lines.append(f"| {c.name} | {c.kind} | {c.mean:.4f} | {c.std:.4f} | {len(c.values)} | {sv} | {params} |")
-    rungs = any(r.get("rung") is not None for r in search_rows)  # a restart sweep: say each trial's rung
+    rungs = any(r.rung is not None for r in search_rows)  # a restart sweep: say each trial's rung
     rung_head, rung_rule = ("rung | policy | ", "---|---|") if rungs else ("", "")
     lines += ["", f"## Search trials ({len(search_rows)})", "",
               f"| trial | status | {rung_head}{metric} | baseline | parameters |", f"|---|---|{rung_rule}---|---|---|"]
     for r in search_rows:
-        value = r.get("value")
+        value = r.value
         shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "—"
-        params = ", ".join(f"{k}={_fmt(val)}" for k, val in r.get("params", {}).items())
-        rung = f"{r.get('rung')} | {r.get('config')} | " if rungs else ""
-        lines.append(f"| {r.get('trial_id')} | {r.get('status')} | {rung}{shown} | {r.get('baseline') or ''} | "
+        params = ", ".join(f"{k}={_fmt(val)}" for k, val in r.params.items())
+        rung = f"{r.rung} | {r.config} | " if rungs else ""
+        lines.append(f"| {r.trial_id} | {r.status} | {rung}{shown} | {r.baseline or ''} | "
                      f"{params} |")
     return "\n".join(lines) + "\n"
 
@@ -236,13 +214,13 @@ def _fmt(value: Any) -> str:
 
 # ---- plots -------------------------------------------------------------------------------------
 
-def plot_history(rows: Sequence[dict[str, Any]], metric: str, mode: str, path: Path) -> Path:
+def plot_history(rows: Sequence[TrialRow], metric: str, mode: str, path: Path) -> Path:
     """The search's optimisation history: each trial's value and the best so far."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     xs, ys, best, best_y = [], [], [], None
     for i, r in enumerate(rows):
-        value = r.get("value")
+        value = r.value
         if not isinstance(value, float) or not math.isfinite(value):
             continue
         xs.append(i)
@@ -250,7 +228,7 @@ def plot_history(rows: Sequence[dict[str, Any]], metric: str, mode: str, path: P
         better = best_y is None or (value > best_y if mode == "max" else value < best_y)
         best_y = value if better else best_y
         best.append(best_y)
-    colours = ["tab:orange" if rows[i].get("baseline") else "tab:blue" for i in xs]
+    colours = ["tab:orange" if rows[i].baseline else "tab:blue" for i in xs]
     ax.scatter(xs, ys, c=colours, s=25, label="trial (orange: baseline)")
     ax.plot(xs, best, color="black", lw=1, label="best so far")
     ax.set(xlabel="trial (in start order)", ylabel=metric, title="Optimisation history")
@@ -285,7 +263,7 @@ def plot_curves(candidates: Sequence[Candidate], metric: str, path: Path) -> Pat
     return _save(fig, path)
 
 
-def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def rank_correlations(rows: Sequence[TrialRow]) -> list[dict[str, Any]]:
     """For each pair of rungs, how well the short budget ranks the configurations the long one
     also ran: Spearman's rho and Kendall's tau over the shared configurations (``n`` of them;
     NaN with fewer than 3). ``rows`` are search rows with ``rung``, ``config`` and ``value``."""
@@ -293,11 +271,11 @@ def rank_correlations(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     by_rung: dict[int, dict[str, float]] = {}
     for r in rows:
-        value = r.get("value")
-        if r.get("rung") is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or r.get("diverged") or r.get("too_short"):
+        value = r.value
+        if r.rung is None or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or r.diverged or r.too_short:
             continue
-        by_rung.setdefault(int(r["rung"]), {})[r["config"]] = float(value)
+        by_rung.setdefault(int(r.rung), {})[r.config] = float(value)
     out = []
     rungs = sorted(by_rung)
     for i, lo in enumerate(rungs):

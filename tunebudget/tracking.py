@@ -34,6 +34,7 @@ from tunebudget.names import (  # noqa: F401 - re-exported: tracking.POLICY_TAG 
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
     PARENT_ID_TAG,
+    POLICY_DIGEST_TAG,
     POLICY_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
@@ -464,7 +465,7 @@ def log_train_run(uri: Optional[str], experiment: str, result: Any, register: Op
     with tracker.writing("cannot log the run"):
         exp = tracker.experiment_id(experiment)
         run_id = tracker.start_run(exp, f"train-{policy.name}", {ROLE_TAG: ROLE_TRAIN, "command": command,
-                                                               "policy_digest": policy.digest(),
+                                                               POLICY_DIGEST_TAG: policy.digest(),
                                                                POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":"))},
                                    policy.flat())
         for h in result.history:

@@ -24,19 +24,23 @@ never talk to it). A sweep's state lives in ``<storage>/<sweep>/tunebudget_sweep
 experiment to restore.
 """
 
-from tunebudget.sweep.callbacks import POLICY_TAG
-from tunebudget.sweep.pipeline import run_sweep
-from tunebudget.sweep.plan import (
-    Plan,
-    SweepOptions,
-    capacity_note,
-    idle_round_note,
-    ladder_note,
-    make_plan,
-    trial_slots,
-)
-from tunebudget.sweep.stages import SweepInterrupted
-from tunebudget.sweep.verdict import SweepOutcome
+import importlib
+from typing import Any
 
-__all__ = ["POLICY_TAG", "Plan", "SweepInterrupted", "SweepOptions", "SweepOutcome", "capacity_note",
-           "idle_round_note", "ladder_note", "make_plan", "run_sweep", "trial_slots"]
+#: What ``tunebudget.sweep`` hands on, and the module that defines it. Imported on first use, so
+#: that ``import tunebudget.sweep.records`` (the report's records) does not start the whole sweep
+#: machinery (Ray, the stages) and no import runs in a circle through this package's face.
+_EXPORTS = {
+    "POLICY_TAG": "tunebudget.names", "Plan": "tunebudget.sweep.plan", "SweepOptions": "tunebudget.options",
+    "capacity_note": "tunebudget.sweep.plan", "idle_round_note": "tunebudget.sweep.plan",
+    "ladder_note": "tunebudget.sweep.plan", "make_plan": "tunebudget.sweep.plan", "trial_slots": "tunebudget.sweep.plan",
+    "run_sweep": "tunebudget.sweep.pipeline", "SweepInterrupted": "tunebudget.sweep.stages",
+    "SweepOutcome": "tunebudget.sweep.verdict",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tunebudget.sweep' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

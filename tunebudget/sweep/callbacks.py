@@ -13,9 +13,11 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from tunebudget import names
 from tunebudget.names import DIVERGED_TAG, ROLE_TAG, ROLE_TRIAL, STAGE_TAG, TRIAL_ID_TAG
 from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
+from tunebudget.sweep.records import Outcome
 from tunebudget.sweep.worker import trial_policy
 from tunebudget.tracking import POLICY_TAG, STATUS_FOR_TRIAL, Tracker, existing_children_by_trial
 
@@ -29,7 +31,7 @@ INTERRUPTED = threading.Event()
 
 #: Tune result keys that are bookkeeping, not metrics worth an MLflow series.
 _SKIP_METRICS = {"done", "training_iteration", "timestamp", "time_this_iter_s", "pid", "time_since_restore",
-                 "iterations_since_restore", "final", "finished"}
+                 "iterations_since_restore", "final", Outcome.KEYS[0]}
 
 
 class TrialLogger:
@@ -61,16 +63,17 @@ class TrialLogger:
         policy = trial_policy(trial.config, self.plan.base)
         label = self.labels.get(label_key(trial.config), "")
         tags = {TRIAL_ID_TAG: trial.trial_id, ROLE_TAG: ROLE_TRIAL, STAGE_TAG: self.stage,
-                "policy_digest": policy.digest(), POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":")), "baseline": label if self.stage == "search" else None,
-                "candidate": label if self.stage == "confirm" else None}
+                names.POLICY_DIGEST_TAG: policy.digest(), POLICY_TAG: json.dumps(policy.to_dict(), separators=(",", ":")),
+                names.BASELINE_TAG: label if self.stage == "search" else None,
+                names.CANDIDATE_TAG: label if self.stage == "confirm" else None}
         if self.stage == "confirm":
             job = trial.config.get("job") or {}
-            tags.update({"confirm": "true", "seed": str(policy.seed),
-                         "round": None if job.get("round") is None else str(job["round"])})
+            tags.update({names.CONFIRM_TAG: "true", names.SEED_TAG: str(policy.seed),
+                         names.ROUND_TAG: None if job.get("round") is None else str(job["round"])})
         fidelity = trial.config.get(FIDELITY)
         if fidelity:
-            tags.update({"rung": str(fidelity["rung"]), "rung_budget": f"{fidelity['amount']:g}",
-                         "config": fidelity["config"]})
+            tags.update({names.RUNG_TAG: str(fidelity["rung"]), names.RUNG_BUDGET_TAG: f"{fidelity['amount']:g}",
+                         names.CONFIG_TAG: fidelity["config"]})
         name = f"{self.stage}-{label or trial.trial_id}" + (f"-rung{fidelity['rung']}" if fidelity else "")
         if self.stage == "confirm":
             name += f"-seed{policy.seed}"
@@ -91,13 +94,13 @@ class TrialLogger:
         if run_id is None:
             return
         last = trial.last_result or {}
-        tags: dict[str, Any] = {"trial_status": status, "ray_node_id": last.get("node_id"),
-                                "hostname": last.get("hostname"), "device": last.get("device")}
+        tags: dict[str, Any] = {names.TRIAL_STATUS_TAG: status, names.NODE_TAG: last.get("node_id"),
+                                names.HOSTNAME_TAG: last.get("hostname"), names.DEVICE_TAG: last.get("device")}
         tags = {k: v for k, v in tags.items() if v is not None}
-        if last.get("diverged"):
+        if Outcome.of(last).diverged:
             tags[DIVERGED_TAG] = "true"
         if error:
-            tags["error"] = error[:5000]
+            tags[names.ERROR_TAG] = error[:5000]
         self.tracker.set_tags(run_id, tags)
         if last.get("data_digest"):  # what the trial trained on: the run's dataset input in the UI
             task = trial_policy(trial.config, self.plan.base).task
@@ -146,7 +149,7 @@ class SweepCallback(Callback):
         if self._logger is None:
             st = self.settings
             self._logger = TrialLogger(Tracker(st["tracking_uri"] or None), st["experiment_id"], st["parent_id"],
-                                       Plan(**st["plan"]), st["stage"], st["labels"])
+                                       Plan.from_json(st["plan"]), st["stage"], st["labels"])
         return self._logger
 
     @property

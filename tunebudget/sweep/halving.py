@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 from ray.tune.search import Searcher
 
+from tunebudget.sweep.records import Outcome
+
 #: The config key of a trial's fidelity: ``{"rung": k, "amount": budget, "config": id}``.
 FIDELITY = "fidelity"
 
@@ -119,7 +121,7 @@ class RestartHalving(Searcher):
     def __init__(self, space: Any, metric: str, mode: str, rungs: list[float], eta: int, trials: int,
                  points: list[dict[str, Any]], sampler: Any, study_name: str, storage: str) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.space, self.rungs, self.eta, self.trials = space, list(rungs), eta, trials
+        self.space, self.trials = space, trials
         self.points = [dict(p) for p in points]
         self.sampler, self.study_name, self.storage = sampler, study_name, storage
         self.params: dict[str, dict[str, Any]] = {}  # config id -> sampled parameters
@@ -127,27 +129,13 @@ class RestartHalving(Searcher):
         self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> (config id, rung)
         self.started = 0  # configurations started at rung 0
         self.total = trials + len(points)  # full-budget trials' worth of compute
-        self.ladder = Ladder(self.rungs, eta, self.total * self.rungs[-1], 1 if mode == "max" else -1)
+        #: the promotion rule, the rungs and eta, and the compute spent: the searcher adds Optuna and Tune
+        self.ladder = Ladder(list(rungs), eta, self.total * rungs[-1], 1 if mode == "max" else -1)
         self._study: Any = None
 
-    # the ladder's state, read where the searcher was read before it had one
     @property
-    def results(self) -> list[dict[str, float]]:
-        return self.ladder.results
-
-    @property
-    def cap(self) -> float:
-        return self.ladder.cap
-
-    @property
-    def committed(self) -> float:
-        return self.ladder.committed
-
-    def left(self) -> float:
-        return self.ladder.left()
-
-    def promotable(self, left: float = math.inf) -> Optional[tuple[str, int]]:
-        return self.ladder.promotable(left)
+    def rungs(self) -> list[float]:
+        return self.ladder.rungs
 
     # ---- Optuna --------------------------------------------------------------------------
     @property
@@ -191,8 +179,9 @@ class RestartHalving(Searcher):
             return
         config_id, rung = self.live.pop(trial_id)
         value = (result or {}).get(self.metric) if not error else None
-        ok = isinstance(value, (int, float)) and math.isfinite(value) and bool((result or {}).get("finished")) \
-            and not (result or {}).get("diverged") and not (result or {}).get("too_short")
+        outcome = Outcome.of(result)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and outcome.usable \
+            and not outcome.too_short
         if ok:
             self.ladder.record(config_id, rung, float(value))
         if rung == 0 and config_id in self.optuna_number:
@@ -218,7 +207,7 @@ class RestartHalving(Searcher):
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
         if "ladder" not in state:  # saved before the rule was a Ladder: its fields were the searcher's
-            state = _ladder_from_legacy(state, self.rungs, self.eta, 1 if self.mode == "max" else -1)
+            state = _ladder_from_legacy(state, self.rungs, self.ladder.eta, 1 if self.mode == "max" else -1)
         self.__dict__.update(state)
 
 
@@ -228,13 +217,13 @@ def _ladder_from_legacy(state: dict[str, Any], rungs: list[float], eta: int, sig
     promotion) as one with a Ladder."""
     state = dict(state)
     results, promoted = state.pop("results"), state.pop("promoted")
-    rungs = state.get("rungs", rungs)
+    rungs, eta = state.pop("rungs", rungs), state.pop("eta", eta)  # the Ladder's now
     cap = state.pop("cap", None)
     committed = state.pop("committed", None)
     if cap is None:
         cap = state["total"] * rungs[-1]
         committed = state["started"] * rungs[0] + sum(len(p) * rungs[k + 1] for k, p in enumerate(promoted[:-1]))
-    state["ladder"] = Ladder(list(rungs), state.get("eta", eta), cap, sign, committed, results, promoted)
+    state["ladder"] = Ladder(list(rungs), eta, cap, sign, committed, results, promoted)
     return state
 
 

@@ -1,5 +1,7 @@
-"""One sweep, start to end: ``run_sweep`` (preflight, parent run, stages) and ``_stages``
-(search → confirm → verdict, each saved so that ``--resume`` continues where it stopped).
+"""One sweep, start to end: ``run_sweep`` (the plan, preflight, the lock, the parent run) and
+:class:`Sweep`, whose methods are the stages (search → confirm → verdict, each saved so that
+``--resume`` continues where it stopped) and whose :meth:`Sweep.fail` is the one way a sweep's
+parent run ends FAILED.
 """
 
 from __future__ import annotations
@@ -9,38 +11,31 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.names import METRIC_TAG, MODE_TAG, ROLE_SWEEP, ROLE_TAG, SWEEP_NAME_TAG
-from tunebudget.policy import policy_from_dict
+from tunebudget.names import METRIC_TAG, MODE_TAG, ROLE_SWEEP, ROLE_TAG, SWEEP_NAME_TAG, VERDICT_TAG
+from tunebudget.options import SweepOptions
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, label_key
-from tunebudget.sweep.plan import (
-    Plan,
-    SweepOptions,
-    capacity_note,
-    idle_round_note,
-    ladder_note,
-    make_plan,
-    trial_slots,
-)
+from tunebudget.sweep.plan import Plan, capacity_note, idle_round_note, ladder_note, make_plan, trial_slots
 from tunebudget.sweep.preflight import preflight
+from tunebudget.sweep.race import Race
+from tunebudget.sweep.records import Candidate, TrialRow, TrialStatus
 from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
     SweepInterrupted,
-    fail_parent,
+    all_failed,
+    all_untrained,
     pick_candidates,
-    refuse_failed,
-    refuse_untrained,
     run_confirm,
     run_search,
     search_efficiency,
     search_rows,
 )
-from tunebudget.sweep.verdict import SweepOutcome, finalize
+from tunebudget.sweep.verdict import SweepOutcome, judge, publish
 from tunebudget.tracking import Tracker
 from tunebudget.util import git_commit
 
@@ -52,13 +47,13 @@ def start_parent(tracker: Tracker, plan: Plan, space: SearchSpace, resources: di
     import ray
 
     exp_id = tracker.experiment_id(plan.experiment)
-    base = policy_from_dict(plan.base)
+    base = plan.base
     tags = {ROLE_TAG: ROLE_SWEEP, SWEEP_NAME_TAG: plan.name, "space_file": plan.space_path,
             "space_hash": space.file_hash, "git_commit": git_commit(Path(plan.space_path).resolve().parent),
             "ray_address": plan.address or "local", "ray_cluster": json.dumps(resources, sort_keys=True),
             "device": "cuda" if plan.gpus > 0 else "cpu", "budget": f"{base.budget.amount:g} {base.budget.kind}",
             METRIC_TAG: plan.metric, MODE_TAG: plan.mode, "ray_version": ray.__version__}
-    params = {f"sweep.{k}": v for k, v in asdict(plan).items() if k != "base"}
+    params = {f"sweep.{k}": v for k, v in plan.to_json().items() if k != "base"}
     params.update({f"base.{k}": v for k, v in base.flat().items()})
     parent = tracker.start_run(exp_id, f"sweep-{plan.name}", tags, params)
     return {"experiment_id": exp_id, "parent_id": parent}
@@ -70,12 +65,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
 
     from tunebudget.progress import err_console, starting
 
-    if opts.resume:
-        plan, state = resume_plan(space, opts)
-    else:
-        plan, state = make_plan(space, opts), {}
-
-    budget = policy_from_dict(plan.base).budget
+    plan, state = resume_plan(space, opts) if opts.resume else (make_plan(space, opts), {})
+    budget = plan.base.budget
     what = (f"sweep {plan.name}: {'resuming; ' if opts.resume else ''}{plan.trials} searched trials + "
             f"{len(space.baselines)} baselines, {budget.amount:g} {budget.kind} each")
     # Ray takes seconds to start: a terminal sees a spinner from the first second (it vanishes, so
@@ -94,43 +85,133 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     INTERRUPTED.clear()
     previous_term = _sigterm_as_interrupt()
-    lock = contextlib.ExitStack()
+    sweep = Sweep(plan, space, opts, tracker, state)
     try:
-        lock.enter_context(sweep_lock(plan.root))
-        if not opts.resume and read_state(plan.root) is not None:
-            raise TuneBudgetError(f"--name {plan.name}: a sweep of that name exists under {plan.storage}; continue "
-                                  "it with --resume, or give another --name")
-        from tunebudget.cluster import check_shared_storage
-
-        check_shared_storage(plan.storage)
-        if not state:
-            with tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
-                ids = start_parent(tracker, plan, space, resources)
-            state = save_state(plan, stage="search", space=as_json(space.raw), **ids)
-        ids = {"experiment_id": state["experiment_id"], "parent_id": state["parent_id"]}
-        state["slots"] = trial_slots(plan, resources)
-        notes = [n for n in (capacity_note(plan, resources), idle_round_note(plan, len(space.baselines), resources),
-                             ladder_note(plan, len(space.baselines))) if n]
-        if notes and not opts.quiet and state.get("stage") == "search":
-            for note in notes:
-                err_console.print(note, highlight=False, soft_wrap=True)
-        return _stages(plan, space, tracker, ids, state, opts)
+        with sweep_lock(plan.root):
+            sweep.open(resources)
+            return sweep.run()
     except KeyboardInterrupt:  # a second Ctrl-C, or SIGTERM outside a stage: still resumable once started
-        if state:
+        if sweep.state:
             raise SweepInterrupted(plan.name) from None
         raise
     except (TuneBudgetError, SweepInterrupted):
         raise
     except Exception as exc:  # a bug or a failure nobody foresaw: the parent run says so, not RUNNING
-        if state and state.get("stage") not in ("finished", "failed"):
+        if sweep.state and sweep.state.get("stage") not in ("finished", "failed"):
             with contextlib.suppress(Exception):
-                fail_parent(plan, tracker, {"parent_id": state["parent_id"]},
-                            f"stopped by {type(exc).__name__}: {str(exc)[:200]}")
+                sweep.fail(f"stopped by {type(exc).__name__}: {str(exc)[:200]}")
         raise
     finally:
-        lock.close()
         _restore_sigterm(previous_term)
         ray.shutdown()
+
+
+@dataclass
+class Sweep:
+    """One sweep as it runs: its plan, its space, the tracker, and its saved state (the stage it is
+    at, the parent run's ids, the search rows). Each stage is a method; ``fail`` ends it."""
+
+    plan: Plan
+    space: SearchSpace
+    opts: SweepOptions
+    tracker: Tracker
+    #: the state file's content ({} until the parent run exists)
+    state: dict[str, Any]
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"experiment_id": self.state["experiment_id"], "parent_id": self.state["parent_id"]}
+
+    def open(self, resources: dict[str, float]) -> None:
+        """Under the lock: refuse a name taken, check the storage, create the parent run (a new sweep),
+        print the notes on the cluster's size."""
+        from tunebudget.cluster import check_shared_storage
+        from tunebudget.progress import err_console
+
+        plan = self.plan
+        if not self.opts.resume and read_state(plan.root) is not None:
+            raise TuneBudgetError(f"--name {plan.name}: a sweep of that name exists under {plan.storage}; continue "
+                                  "it with --resume, or give another --name")
+        check_shared_storage(plan.storage)
+        if not self.state:
+            with self.tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
+                ids = start_parent(self.tracker, plan, self.space, resources)
+            self.state = save_state(plan, stage="search", space=as_json(self.space.raw), **ids)
+        # saved, so that the verdict says how many trials ran at once after a resume too
+        self.state = save_state(plan, slots=trial_slots(plan, resources))
+        baselines = len(self.space.baselines)
+        notes = [note for note in (capacity_note(plan, resources), idle_round_note(plan, baselines, resources),
+                                   ladder_note(plan, baselines)) if note]
+        if not self.opts.quiet and self.state.get("stage") == "search":
+            for note in notes:
+                err_console.print(note, highlight=False, soft_wrap=True)
+
+    def run(self) -> SweepOutcome:
+        """Search, confirm, verdict, from the stage the state says (a resumed sweep skips what is done)."""
+        t0 = time.perf_counter()
+        resume = self.opts.resume
+        if self.state.get("stage") == "search":
+            self.search(resume)
+            resume = False
+        rows = [TrialRow.from_json(r) for r in self.state["rows"]]
+        candidates, race = self.confirm(rows, resume)
+        log.info("confirm stage done after %.1f s", time.perf_counter() - t0)
+        outcome = self.finish(rows, candidates, race)
+        log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
+        return outcome
+
+    def search(self, resume: bool) -> None:
+        """Stage 2: the search; its rows saved with the state, or the sweep refused in one line."""
+        plan, space = self.plan, self.space
+        labels = {label_key(p): b.name for p, b in zip(space.baseline_points(), space.baselines)}
+        t0 = time.perf_counter()
+        grid = run_search(plan, space, self.ids, resume, self.opts.quiet)
+        wall = time.perf_counter() - t0
+        log.info("search stage done in %.1f s", wall)
+        rows = search_rows(grid, plan, labels)
+        if INTERRUPTED.is_set() or any(r.status is TrialStatus.INTERRUPTED for r in rows):
+            raise SweepInterrupted(plan.name)
+        for refusal in (all_failed(plan, rows), all_untrained(plan, rows)):
+            if refusal is not None:
+                self.fail(refusal.why)
+                raise TuneBudgetError(refusal.message)
+        # a resumed search ran in two sittings: its wall time here is only the second one
+        efficiency = {} if resume else search_efficiency(rows, wall, self.state.get("slots", plan.concurrency))
+        self.state = save_state(plan, stage="confirm", rows=[r.to_json() for r in rows], efficiency=efficiency)
+
+    def confirm(self, rows: list[TrialRow], resume: bool) -> tuple[list[Candidate], Optional[Race]]:
+        """Stage 3: the candidates with fresh paired seeds (none: each keeps its search value)."""
+        candidates = pick_candidates(rows, self.space, self.plan)
+        if self.plan.confirm_seeds <= 0 or not candidates:
+            for c in candidates:
+                c.values = [c.search_value] if c.search_value is not None else []
+            return candidates, None
+        race = run_confirm(self.plan, self.space, self.ids, candidates, resume, self.opts.quiet)
+        if INTERRUPTED.is_set():
+            raise SweepInterrupted(self.plan.name)
+        return candidates, race
+
+    def finish(self, rows: list[TrialRow], candidates: list[Candidate], race: Optional[Race]) -> SweepOutcome:
+        """Stage 4: the verdict, published on the parent run; the sweep is finished."""
+        plan = self.plan
+        j = judge(plan, self.space, rows, candidates, self.state.get("efficiency") or {},
+                  slots=self.state.get("slots", plan.concurrency), race=race)
+        if j is None:
+            self.fail("no finished trials")
+            raise TuneBudgetError(f"sweep {plan.name}: no trial finished, so there is no best policy; "
+                                  "see the failed runs in MLflow (tunebudget ui)")
+        publish(plan, self.tracker, self.ids["parent_id"], j, candidates, rows)
+        save_state(plan, stage="finished")
+        return SweepOutcome(plan.name, self.ids["parent_id"], plan.experiment, j.best, j.verdict, candidates, rows,
+                            j.summary_md)
+
+    def fail(self, why: str) -> None:
+        """The sweep cannot go on: its parent run ends FAILED with ``why`` (not left RUNNING), and
+        ``--resume`` refuses it rather than re-running what fails again."""
+        parent = self.state["parent_id"]
+        self.tracker.set_tags(parent, {VERDICT_TAG: why})
+        self.tracker.finish(parent, "FAILED")
+        self.state = save_state(self.plan, stage="failed")
 
 
 def _sigterm_as_interrupt() -> Any:
@@ -157,40 +238,3 @@ def _restore_sigterm(previous: Any) -> None:
     if previous is not None:
         with contextlib.suppress(ValueError, TypeError):
             signal.signal(signal.SIGTERM, previous)
-
-
-def _stages(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], state: dict[str, Any],
-            opts: SweepOptions) -> SweepOutcome:
-    """Search, confirm, verdict, from the stage the state says (a resumed sweep skips what is done)."""
-    resume = opts.resume
-    labels = {label_key(p): b.name for p, b in zip(space.baseline_points(), space.baselines)}
-    t0 = time.perf_counter()
-    if state.get("stage") == "search":
-        grid = run_search(plan, space, ids, resume, opts.quiet)
-        wall = time.perf_counter() - t0
-        log.info("search stage done in %.1f s", wall)
-        rows = search_rows(grid, plan, labels)
-        if INTERRUPTED.is_set() or any(r["status"] == "INTERRUPTED" for r in rows):
-            raise SweepInterrupted(plan.name)
-        refuse_failed(plan, tracker, ids, rows)
-        refuse_untrained(plan, tracker, ids, rows)
-        # a resumed search ran in two sittings: its wall time here is only the second one
-        efficiency = {} if resume else search_efficiency(rows, wall, state.get("slots", plan.concurrency))
-        state = save_state(plan, stage="confirm", rows=rows, efficiency=efficiency)
-        resume = False
-    rows = state["rows"]
-    candidates = pick_candidates(rows, space, plan)
-    race = None
-    if plan.confirm_seeds > 0 and candidates:
-        race = run_confirm(plan, space, ids, candidates, resume, opts.quiet)
-        if INTERRUPTED.is_set():
-            raise SweepInterrupted(plan.name)
-        log.info("confirm stage done after %.1f s", time.perf_counter() - t0)
-    else:
-        for c in candidates:
-            c.values = [c.search_value] if c.search_value is not None else []
-    outcome = finalize(plan, space, tracker, ids, rows, candidates, state.get("efficiency") or {},
-                       slots=state.get("slots", plan.concurrency), race=race)
-    save_state(plan, stage="finished")
-    log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
-    return outcome

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.options import SweepOptions, merged_sweep
-from tunebudget.policy import BudgetPolicy
+from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace, SweepSpec
 from tunebudget.sweep.halving import rung_budgets
 from tunebudget.tracking import check_experiment_name, local_store, sqlite_file
@@ -47,7 +47,8 @@ class Plan:
     optuna_storage: str
     tracking_uri: str
     address: Optional[str]
-    base: dict[str, Any] = field(default_factory=dict)
+    #: the space's base policy with --budget/--seed applied: what every trial starts from
+    base: BudgetPolicy
     #: full, or restart (successive halving over ``rungs``, the budgets of its rungs, smallest first)
     fidelity: str = "full"
     eta: int = 3
@@ -69,6 +70,17 @@ class Plan:
     @property
     def threads(self) -> int:
         return max(1, int(self.cpus))
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as the state file and the MLflow callback hold it (the base policy as its dict)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["base"] = self.base.to_dict()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        """A plan saved by :meth:`to_json` (a state file of any earlier version: same keys)."""
+        return cls(**{**data, "base": policy_from_dict(data["base"], "the sweep's saved plan")})
 
 
 def _pick(flag: Any, default: Any) -> Any:
@@ -123,7 +135,7 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
         space_path=space.path, name=name, experiment=opts.experiment or space.name,
         cpus=float(cpus), gpus=float(gpus), metric=metric, mode=mode, storage=str(storage),
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
-        base=base.to_dict(),
+        base=base,
     )
 
 

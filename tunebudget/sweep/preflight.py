@@ -145,10 +145,10 @@ def preflight(plan: Plan) -> tuple[Tracker, dict[str, float]]:
     so it saved under 0.5 s of ~11 s, and an existing store answers in milliseconds anyway.)
     """
     t0 = time.perf_counter()
-    task = plan.base["task"]
+    task = plan.base.task
     for field_name in ("model", "dataset"):  # a user's factory that no worker could import fails here, not per trial
-        if ":" in str(task.get(field_name, "")):
-            check_importable(task[field_name], f"task.{field_name}")
+        if ":" in str(getattr(task, field_name, "")):
+            check_importable(getattr(task, field_name), f"task.{field_name}")
     tracker = Tracker(plan.tracking_uri or None)
     tracker.check()  # first: the Optuna study's default place follows the store's
     check_writable_dir(Path(plan.storage), f"--storage-path {plan.storage}")

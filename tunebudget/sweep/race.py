@@ -17,7 +17,7 @@ on the results, so a resumed sweep replays them and continues with the same roun
 Lopez-Ibanez et al. 2016; SMAC's intensification, Hutter et al. 2011; here with paired t-tests).
 
 Example:
-    >>> from tunebudget.report import Candidate
+    >>> from tunebudget.sweep.records import Candidate
     >>> a, b, c = (Candidate(n, k, {}) for n, k in (("top1", "searched"), ("full", "baseline"),
     ...                                              ("bad", "baseline")))
     >>> race = Race([a, b, c], sign=1.0, first_test=2, max_seeds=4, cap=9)
@@ -34,9 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
-from tunebudget.report import Candidate, paired
+from tunebudget.report import Paired, paired
+from tunebudget.sweep.records import Candidate
 
 
 class Race:
@@ -106,7 +108,7 @@ class Race:
         out = [f"race: {self.round} rounds, {self.runs} runs of {self.cap} allowed (first test after "
                f"{self.first_test} seeds, at most {self.max_seeds} each)"]
         for name, d in self.dropped.items():
+            pair = Paired(d["seeds"], d["diff"], d["low"], d["high"], math.nan, math.nan)
             out.append(f"'{name}' left before round {d['round'] + 1}, beaten by '{d['by']}' "
-                       f"({self.sign * d['diff']:+.4f}, 95% CI [{min(self.sign * d['low'], self.sign * d['high']):+.4f}, "
-                       f"{max(self.sign * d['low'], self.sign * d['high']):+.4f}], {d['seeds']} paired seeds)")
+                       f"({self.sign * d['diff']:+.4f}, {pair.interval(self.sign)}, {d['seeds']} paired seeds)")
         return "; ".join(out)

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import shlex
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -28,7 +27,7 @@ STATE_FILE = "tunebudget_sweep.json"
 def save_state(plan: Plan, **fields: Any) -> dict[str, Any]:
     path = plan.root / STATE_FILE
     state = read_state(plan.root) or {}
-    state.update({"plan": asdict(plan), **fields})
+    state.update({"plan": plan.to_json(), **fields})
     atomic_write_text(path, json.dumps(state, indent=2, default=str))
     return state
 
@@ -104,7 +103,7 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
     fresh = make_plan(space, opts)
     root = find_resumable(Path(fresh.storage), space.name, opts.name)
     state = read_state(root) or {}
-    plan = Plan(**state["plan"])
+    plan = Plan.from_json(state["plan"])
     if state.get("stage") == "finished":
         raise TuneBudgetError(f"--resume --name {plan.name}: that sweep has finished; export it with "
                               f"'tunebudget export {shlex.quote(plan.experiment)}', or start a new sweep")
@@ -124,10 +123,10 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
             raise TuneBudgetError(
                 f"--resume: {flag_of(flag)} {given} differs from sweep {plan.name}'s {was}; a resumed "
                 "sweep keeps its settings: leave the flag out, or start a new sweep")
-    if opts.budget is not None and fresh.base["budget"] != plan.base["budget"]:
+    if opts.budget is not None and fresh.base.budget != plan.base.budget:
         raise TuneBudgetError(
             f"--resume: --budget {opts.budget:g} differs from sweep {plan.name}'s budget "
-            f"({plan.base['budget']}); leave it out, or start a new sweep")
+            f"({plan.base.budget.model_dump(mode='json')}); leave it out, or start a new sweep")
     plan.address = fresh.address
     return plan, state
 

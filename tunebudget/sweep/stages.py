@@ -1,5 +1,5 @@
-"""The search and confirm stages: Tune runs the trials, Optuna proposes the searched ones;
-their results become rows and candidates, and a sweep that cannot yield a result ends here.
+"""The search and confirm stages: Tune runs the trials, Optuna proposes the searched ones; their
+results become rows and candidates, and the checks that say when a sweep cannot yield a result.
 """
 
 
@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune.stopper import Stopper
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.names import VERDICT_TAG
-from tunebudget.policy import BudgetPolicy, policy_from_dict
+from tunebudget.policy import BudgetPolicy
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.callbacks import INTERRUPTED, SweepCallback, label_key
 from tunebudget.sweep.halving import FIDELITY
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.race import Race
-from tunebudget.sweep.resume import save_state
+from tunebudget.sweep.records import Candidate, Outcome, TrialRow, TrialStatus
 from tunebudget.sweep.worker import trainable
-from tunebudget.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +36,7 @@ class SweepInterrupted(Exception):
 
 
 def finished(trial_result: Any) -> bool:
-    metrics = trial_result.metrics or {}
-    return bool(metrics.get("finished"))
+    return Outcome.of(trial_result.metrics).finished
 
 
 def _make_sampler(plan: Plan) -> Any:
@@ -57,7 +54,7 @@ def _scheduler(plan: Plan) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    budget = float(plan.base["budget"]["seconds"] or 60.0)
+    budget = float(plan.base.budget.seconds or 60.0)
     # time_total_s includes validation and set-up; give trials room beyond the budget itself
     return ASHAScheduler(time_attr="time_total_s", metric=plan.metric, mode=plan.mode, max_t=budget * 3,
                          grace_period=max(1.0, budget * 0.3), reduction_factor=3)
@@ -77,14 +74,15 @@ UNTRAINED_AFTER = 4
 
 class _StopIfUntrainable(Stopper):
     """A Tune stopper: stop everything once the first UNTRAINED_AFTER finished trials all trained
-    under MIN_STEPS steps (see refuse_untrained, which then ends the sweep in one line)."""
+    under MIN_STEPS steps (see all_untrained, which then ends the sweep in one line)."""
 
     def __init__(self) -> None:
         self.finished: list[bool] = []
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if result.get("finished"):
-            self.finished.append(bool(result.get("too_short")))
+        outcome = Outcome.of(result)
+        if outcome.finished:
+            self.finished.append(outcome.too_short)
         return False
 
     def stop_all(self) -> bool:
@@ -105,7 +103,7 @@ def _run_config(plan: Plan, stage: str, callback: SweepCallback, name: Optional[
 def _callback(plan: Plan, stage: str, ids: dict[str, str], labels: dict[str, str], total: int,
               quiet: bool) -> SweepCallback:
     return SweepCallback({"tracking_uri": plan.tracking_uri, "experiment_id": ids["experiment_id"],
-                          "parent_id": ids["parent_id"], "plan": asdict(plan), "stage": stage, "labels": labels,
+                          "parent_id": ids["parent_id"], "plan": plan.to_json(), "stage": stage, "labels": labels,
                           "total": total, "quiet": quiet})
 
 
@@ -166,19 +164,25 @@ def _user_error(error: Optional[BaseException]) -> Optional[str]:
     return str(cause).strip().splitlines()[0] if isinstance(cause, TuneBudgetError) and str(cause).strip() else None
 
 
-def _trial_status(r: Any, plan: Plan) -> str:
+def _trial_status(r: Any, plan: Plan) -> TrialStatus:
     if r.error:
-        return "ERROR"
+        return TrialStatus.ERROR
     if finished(r):
-        return "TERMINATED"
+        return TrialStatus.TERMINATED
     if INTERRUPTED.is_set():
-        return "INTERRUPTED"
-    # STOPPED: early-stopped by ASHA (it keeps its truncated value); CUT: still running when the
-    # search stage's --search-time ran out (no value: it did not spend its budget)
-    return "STOPPED" if plan.scheduler == "asha" else "CUT"
+        return TrialStatus.INTERRUPTED
+    return TrialStatus.STOPPED if plan.scheduler == "asha" else TrialStatus.CUT
 
 
-def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str, Any]]:
+def _curve(r: Any, metric: str) -> list[tuple[float, float]]:
+    """A trial's (training seconds, metric) at each validation, from Tune's result history."""
+    history = r.metrics_dataframe
+    if history is None or metric not in history or "train_seconds" not in history:
+        return []
+    return list(zip(history["train_seconds"].tolist(), history[metric].tolist()))
+
+
+def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[TrialRow]:
     """One row per search trial: id, status, value, baseline name, sampled parameters.
 
     An early-stopped (ASHA) trial keeps its truncated value: that is what Optuna was told too.
@@ -188,46 +192,42 @@ def search_rows(grid: Any, plan: Plan, labels: dict[str, str]) -> list[dict[str,
         config = r.config or {}
         metrics = r.metrics or {}
         status = _trial_status(r, plan)
-        value = metrics.get(plan.metric) if status in ("TERMINATED", "STOPPED") else None
-        history = r.metrics_dataframe
-        curve = (list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist()))
-                 if history is not None and plan.metric in history and "train_seconds" in history else [])
-        rows.append({"trial_id": metrics.get("trial_id") or Path(r.path).name, "status": status, "curve": curve,
-                     "value": float(value) if isinstance(value, (int, float)) else None,
-                     "baseline": labels.get(label_key(config), ""),
-                     "params": {k: v for k, v in config.items() if "." in k},
-                     "rung": (config.get(FIDELITY) or {}).get("rung"), "config": (config.get(FIDELITY) or {}).get("config"),
-                     "diverged": bool(metrics.get("diverged")), "too_short": bool(metrics.get("too_short")),
-                     "steps": int(metrics.get("steps") or 0), "error": _user_error(r.error),
-                     "train_seconds": float(metrics.get("train_seconds") or 0.0)})
+        outcome = Outcome.of(metrics)
+        value = metrics.get(plan.metric) if status.has_value else None
+        fidelity = config.get(FIDELITY) or {}
+        rows.append(TrialRow(
+            trial_id=metrics.get("trial_id") or Path(r.path).name, status=status, curve=_curve(r, plan.metric),
+            value=float(value) if isinstance(value, (int, float)) else None,
+            baseline=labels.get(label_key(config), ""), params={k: v for k, v in config.items() if "." in k},
+            rung=fidelity.get("rung"), config=fidelity.get("config"), diverged=outcome.diverged,
+            too_short=outcome.too_short, steps=int(metrics.get("steps") or 0), error=_user_error(r.error),
+            train_seconds=float(metrics.get("train_seconds") or 0.0)))
     return rows
 
 
-def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) -> list[Any]:
+def pick_candidates(rows: list[TrialRow], space: SearchSpace, plan: Plan) -> list[Candidate]:
     """Top-k distinct searched policies, every baseline, and RS2 at the leader's ratio."""
-    from tunebudget.report import Candidate
-
     sign = 1 if plan.mode == "max" else -1
-    done = [r for r in rows if r["value"] is not None and not r["diverged"]]
+    done = [r for r in rows if r.value is not None and not r.diverged]
     if plan.fidelity == "restart":  # each configuration by its highest rung: the longest budget it ran
-        highest: dict[str, dict[str, Any]] = {}
+        highest: dict[Optional[str], TrialRow] = {}
         for r in done:
-            if r["config"] not in highest or r["rung"] > highest[r["config"]]["rung"]:
-                highest[r["config"]] = r
+            if r.config not in highest or (r.rung or 0) > (highest[r.config].rung or 0):
+                highest[r.config] = r
         done = list(highest.values())
-    searched = sorted((r for r in done if not r["baseline"]), key=lambda r: (-(r.get("rung") or 0), -sign * r["value"]))
+    searched = sorted((r for r in done if not r.baseline), key=lambda r: (-(r.rung or 0), -sign * r.value))
     chosen, seen = [], set()
     for r in searched:
-        key = json.dumps(r["params"], sort_keys=True, default=str)
+        key = json.dumps(r.params, sort_keys=True, default=str)
         if key not in seen and len(chosen) < plan.confirm_top:
             seen.add(key)
-            chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r["params"], search_value=r["value"],
-                                    curves=[r.get("curve") or []]))
-    by_name = {r["baseline"]: r for r in done if r["baseline"]}
+            chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r.params, search_value=r.value,
+                                    curves=[r.curve]))
+    by_name = {r.baseline: r for r in done if r.baseline}
     for b in space.baselines:
-        row = by_name.get(b.name, {})
-        chosen.append(Candidate(b.name, "baseline", dict(b.set), search_value=row.get("value"),
-                                curves=[row.get("curve") or []]))
+        row = by_name.get(b.name)
+        chosen.append(Candidate(b.name, "baseline", dict(b.set), search_value=row.value if row else None,
+                                curves=[row.curve if row else []]))
     if chosen and chosen[0].kind == "searched":
         leader = space.policy_for(chosen[0].params)
         ratio = leader.selection.ratio  # "auto" (small_loss) has no fixed share for RS2 to copy
@@ -237,15 +237,15 @@ def pick_candidates(rows: list[dict[str, Any]], space: SearchSpace, plan: Plan) 
     return chosen
 
 
-def candidate_policy(space: SearchSpace, plan: Plan, c: Any, seed: int) -> BudgetPolicy:
-    base = policy_from_dict(plan.base, "search space")
+def candidate_policy(space: SearchSpace, plan: Plan, c: Candidate, seed: int) -> BudgetPolicy:
+    base = plan.base
     overrides = dict(c.params)
     if c.kind == "baseline" and c.name != "rs2_at_best_ratio":
         overrides = dict(next(b.set for b in space.baselines if b.name == c.name))
     return base.with_overrides({**overrides, "seed": seed}, source=f"confirm {c.name}")
 
 
-def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates: list[Any], resume: bool,
+def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates: list[Candidate], resume: bool,
                 quiet: bool) -> Optional[Race]:
     """Stage 3: the candidates again with fresh seeds, paired (seed k: the same for every candidate).
     ``fixed``: ``confirm_seeds`` each, one Tune run. ``race``: seeds in rounds (one Tune run each, kept
@@ -270,7 +270,7 @@ def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates:
     return race
 
 
-def _confirm_round(plan: Plan, space: SearchSpace, ids: dict[str, str], jobs: list[tuple[Any, int]], name: str,
+def _confirm_round(plan: Plan, space: SearchSpace, ids: dict[str, str], jobs: list[tuple[Candidate, int]], name: str,
                    rnd: Optional[int], resume: bool, quiet: bool) -> Any:
     """One Tune run of confirmation ``jobs`` (candidate, seed index); restored when ``--resume`` finds it."""
     from ray import tune
@@ -292,59 +292,59 @@ def _confirm_round(plan: Plan, space: SearchSpace, ids: dict[str, str], jobs: li
     return tuner.fit()
 
 
-def collect_confirm(grid: Any, candidates: list[Any], plan: Plan) -> None:
+def collect_confirm(grid: Any, candidates: list[Candidate], plan: Plan) -> None:
     """Add each candidate's per-seed values (with their seeds) and validation curves from a confirmation run."""
     by_name = {c.name: c for c in candidates}
     for r in grid:
         job = (r.config or {}).get("job") or {}
         c = by_name.get(job.get("candidate"))
-        if c is None or not finished(r) or (r.metrics or {}).get("diverged"):
+        if c is None or not Outcome.of(r.metrics).usable:
             continue
         c.values.append(float(r.metrics[plan.metric]))
         c.seeds.append(int(job["policy"]["seed"]))
-        history = r.metrics_dataframe
-        if history is not None and plan.metric in history and "train_seconds" in history:
-            c.curves.append(list(zip(history["train_seconds"].tolist(), history[plan.metric].tolist())))
+        curve = _curve(r, plan.metric)
+        if curve:
+            c.curves.append(curve)
 
 
-def fail_parent(plan: Plan, tracker: Tracker, ids: dict[str, str], why: str) -> None:
-    """The sweep cannot go on: its parent run ends FAILED with ``why`` (not left RUNNING), and
-    ``--resume`` refuses it rather than re-running what fails again."""
-    tracker.set_tags(ids["parent_id"], {VERDICT_TAG: why})
-    tracker.finish(ids["parent_id"], "FAILED")
-    save_state(plan, stage="failed")
+@dataclass(frozen=True)
+class Refusal:
+    """Why a sweep cannot go on: ``why`` for its parent run's verdict tag, ``message`` for the user."""
+
+    why: str
+    message: str
 
 
-def refuse_failed(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
+def all_failed(plan: Plan, rows: list[TrialRow]) -> Optional[Refusal]:
     """Every trial failed on the same bad input (a model or data set that cannot be built): say so
     in one line rather than go on to a confirmation stage with nothing to confirm."""
-    errors = {r["error"] for r in rows}
-    if rows and all(r["status"] == "ERROR" for r in rows) and len(errors) == 1 and None not in errors:
-        fail_parent(plan, tracker, ids, "every trial failed on bad input")
-        raise TuneBudgetError(f"sweep {plan.name}: every trial failed: {errors.pop()}")
+    errors = {r.error for r in rows}
+    if rows and all(r.status is TrialStatus.ERROR for r in rows) and len(errors) == 1 and None not in errors:
+        return Refusal("every trial failed on bad input", f"sweep {plan.name}: every trial failed: {errors.pop()}")
+    return None
 
 
-def refuse_untrained(plan: Plan, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]]) -> None:
-    """Fail the sweep (one line, parent run FAILED) when no finished trial trained MIN_STEPS steps:
-    every value is the initialisation's, and a 'best policy' would be noise."""
+def all_untrained(plan: Plan, rows: list[TrialRow]) -> Optional[Refusal]:
+    """No finished trial trained MIN_STEPS steps: every value is the initialisation's, and a 'best
+    policy' would be noise."""
     from tunebudget.trainer import MIN_STEPS, too_short_message
 
-    finished = [r for r in rows if r["status"] == "TERMINATED" and not r["diverged"]]
-    if not finished or not all(r.get("too_short") for r in finished):
-        return
-    longest = max(finished, key=lambda r: r["steps"])
-    message = too_short_message(policy_from_dict(plan.base).budget, longest["steps"], longest["train_seconds"])
-    fail_parent(plan, tracker, ids, f"every trial trained under {MIN_STEPS} steps")
-    raise TuneBudgetError(f"sweep {plan.name}: every trial was too short; {message}")
+    finished = [r for r in rows if r.status is TrialStatus.TERMINATED and not r.diverged]
+    if not finished or not all(r.too_short for r in finished):
+        return None
+    longest = max(finished, key=lambda r: r.steps)
+    message = too_short_message(plan.base.budget, longest.steps, longest.train_seconds)
+    return Refusal(f"every trial trained under {MIN_STEPS} steps",
+                   f"sweep {plan.name}: every trial was too short; {message}")
 
 
-def search_efficiency(rows: list[dict[str, Any]], wall: float, slots: int) -> dict[str, float]:
+def search_efficiency(rows: list[TrialRow], wall: float, slots: int) -> dict[str, float]:
     """How much of the search stage's machine time went into training.
 
     utilisation = Σ trial training seconds / (stage wall seconds × trial slots). The wall time
     runs from the Tuner's start (trial workers starting included) to its end; validation, the
     test-set evaluation, worker set-up and scheduling count as overhead.
     """
-    train = sum(r.get("train_seconds") or 0.0 for r in rows)
+    train = sum(r.train_seconds for r in rows)
     return {"search_wall_seconds": wall, "search_train_seconds": train, "trial_slots": float(slots),
             "search_utilisation": train / (wall * slots) if wall > 0 and slots > 0 else 0.0}

@@ -1,4 +1,5 @@
-"""The last stage: the verdict, the best policy, the summary and plots onto the parent run.
+"""The last stage: :func:`judge` reaches the verdict and what the parent run will get (pure),
+:func:`publish` writes it there (the best policy, the summary, the plots, metrics and tags).
 """
 
 
@@ -11,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tunebudget import names
-from tunebudget.errors import TuneBudgetError
-from tunebudget.policy import BudgetPolicy, policy_from_dict
+from tunebudget import names, report
+from tunebudget.policy import BudgetPolicy
+from tunebudget.report import Verdict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.plan import Plan
-from tunebudget.sweep.stages import candidate_policy, fail_parent
+from tunebudget.sweep.race import Race
+from tunebudget.sweep.records import Candidate, TrialRow, TrialStatus
+from tunebudget.sweep.stages import candidate_policy
 from tunebudget.tracking import POLICY_TAG, Tracker
 
 log = logging.getLogger(__name__)
@@ -28,16 +31,31 @@ class SweepOutcome:
     parent_id: str
     experiment: str
     best_policy: BudgetPolicy
-    verdict: Any
-    candidates: list[Any]
-    rows: list[dict[str, Any]]
+    verdict: Verdict
+    candidates: list[Candidate]
+    rows: list[TrialRow]
     summary_md: str
 
 
-def best_policy(space: SearchSpace, plan: Plan, best: Any) -> BudgetPolicy:
+@dataclass
+class Judgement:
+    """What the last stage concludes, before anything is written: the verdict, the policy to
+    replay, the summary (markdown and JSON) and the parent run's metrics and tags."""
+
+    verdict: Verdict
+    best: BudgetPolicy
+    summary_md: str
+    summary_json: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    #: restart sweeps: how the rungs rank the configurations they share (else empty)
+    correlations: list[dict[str, Any]]
+
+
+def best_policy(space: SearchSpace, plan: Plan, best: Candidate) -> BudgetPolicy:
     """The winner as a policy to replay: the candidate's settings with the sweep's base seed, and
     the torch threads its trials ran with (unless the space set them)."""
-    policy = candidate_policy(space, plan, best, int(plan.base.get("seed", 0)))
+    policy = candidate_policy(space, plan, best, plan.base.seed)
     if policy.training.threads is None and plan.gpus == 0:
         policy = policy.with_overrides({"training.threads": plan.threads}, "the sweep's threads per trial")
     return policy
@@ -50,31 +68,39 @@ def _concurrency(plan: Plan, slots: Optional[int]) -> str:
     return f"{slots} concurrent ({plan.concurrency} asked; the cluster fits {slots})"
 
 
-def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, str], rows: list[dict[str, Any]],
-             candidates: list[Any], efficiency: Optional[dict[str, float]] = None,
-             slots: Optional[int] = None, race: Any = None) -> SweepOutcome:
-    """Stage 4: verdict, best policy, summary and plots onto the parent run; the parent finishes."""
-    import tempfile
-
-    from tunebudget import report
-
+def judge(plan: Plan, space: SearchSpace, rows: list[TrialRow], candidates: list[Candidate],
+          efficiency: Optional[dict[str, float]] = None, slots: Optional[int] = None,
+          race: Optional[Race] = None) -> Optional[Judgement]:
+    """Stage 4, the thinking half: the verdict and all that the parent run will get; None when no
+    candidate finished (there is no best policy). Writes nothing."""
     v = report.verdict(candidates, plan.mode, plan.metric, plan.min_effect)
     if v.best is None:
-        fail_parent(plan, tracker, ids, "no finished trials")
-        raise TuneBudgetError(f"sweep {plan.name}: no trial finished, so there is no best policy; "
-                              "see the failed runs in MLflow (tunebudget ui)")
+        return None
     best = best_policy(space, plan, v.best).with_overrides({"name": f"{space.name}-best"})
+    correlations = report.rank_correlations(rows) if plan.fidelity == "restart" else []
+    meta = _meta(plan, space, best, efficiency or {}, slots, race, correlations)
+    summary_json = _summary_json(plan, v, candidates, rows)
+    if race is not None:
+        summary_json["race"] = {"rounds": race.round, "runs": race.runs, "cap": race.cap, "dropped": race.dropped}
+    tags = {names.VERDICT_TAG: v.text[:5000], names.BEATS_TAG: str(v.beats).lower(), names.VERDICT_TEST_TAG: v.test,
+            names.BEST_CANDIDATE_TAG: v.best.name, names.BEST_DIGEST_TAG: best.digest(),
+            POLICY_TAG: json.dumps(best.to_dict(), separators=(",", ":"))}
+    return Judgement(v, best, report.summary_markdown(space.name, plan.metric, plan.mode, candidates, v, rows, meta),
+                     summary_json, _metrics(v, rows, efficiency or {}, race, correlations), tags, correlations)
+
+
+def _meta(plan: Plan, space: SearchSpace, best: BudgetPolicy, efficiency: dict[str, float], slots: Optional[int],
+          race: Optional[Race], correlations: list[dict[str, Any]]) -> dict[str, str]:
+    """The summary's header: what the sweep ran, on what, and how its parts went."""
     meta = {"sweep": plan.name, "space": f"{plan.space_path} (sha256 {space.file_hash})",
             "trials": f"{plan.trials} searched + {len(space.baselines)} baselines, {_concurrency(plan, slots)}",
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
             "confirmation": race.describe() if race is not None else
             f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
             "sampler": plan.sampler, "scheduler": plan.scheduler}
-    correlations = report.rank_correlations(rows) if plan.fidelity == "restart" else []
     if plan.fidelity == "restart":
-        unit = policy_from_dict(plan.base).budget.kind
         meta["fidelity"] = (f"restart successive halving, eta {plan.eta}, rungs "
-                            + ", ".join(f"{b:g}" for b in plan.rungs) + f" {unit}")
+                            + ", ".join(f"{b:g}" for b in plan.rungs) + f" {plan.base.budget.kind}")
         for c in correlations:
             meta[f"rank correlation, rung {c['low']} vs {c['high']}"] = (
                 f"Spearman {c['spearman']:.2f}, Kendall {c['kendall']:.2f} over {c['n']} policies"
@@ -83,28 +109,14 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
         meta["search utilisation"] = (f"{efficiency['search_utilisation']:.2f} (Σ training "
                                       f"{efficiency['search_train_seconds']:.0f} s / ({efficiency['search_wall_seconds']:.0f} s "
                                       f"wall × {efficiency['trial_slots']:g} slots))")
-    summary = report.summary_markdown(space.name, plan.metric, plan.mode, candidates, v, rows, meta)
-    parent = ids["parent_id"]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        (out / names.BEST_POLICY).write_text(best.to_yaml())
-        (out / names.SUMMARY_MD).write_text(summary)
-        summary_json = _summary_json(plan, v, candidates, rows)
-        if race is not None:
-            summary_json["race"] = {"rounds": race.round, "runs": race.runs, "cap": race.cap, "dropped": race.dropped}
-        (out / names.SUMMARY_JSON).write_text(json.dumps(summary_json, indent=2, default=str))
-        report.plot_history(rows, plan.metric, plan.mode, out / names.OPTIMIZATION_HISTORY)
-        report.plot_curves(candidates, plan.metric, out / names.VALIDATION_VS_TIME)
-        if correlations:
-            report.plot_rank_correlations(correlations, plan.rungs, policy_from_dict(plan.base).budget.kind,
-                                          plan.metric, out / names.RANK_CORRELATION)
-        importances = _importances(plan)
-        if importances:
-            report.plot_importance(importances, out / names.PARAM_IMPORTANCE)
-        for path in sorted(out.iterdir()):
-            tracker.log_file(parent, path)
+    return meta
+
+
+def _metrics(v: Verdict, rows: list[TrialRow], efficiency: dict[str, float], race: Optional[Race],
+             correlations: list[dict[str, Any]]) -> dict[str, float]:
+    """The parent run's metrics: the best and the baseline, the paired test, the race, the rungs."""
     metrics = {"best_mean": v.best.mean, "best_std": v.best.std, "n_trials": len(rows),
-               "n_failed": sum(r["status"] == "ERROR" for r in rows), **(efficiency or {})}
+               "n_failed": sum(r.status is TrialStatus.ERROR for r in rows), **efficiency}
     if race is not None:
         metrics.update({"race_rounds": race.round, "race_runs": race.runs, "race_cap": race.cap,
                         "race_dropped": len(race.dropped)})
@@ -119,12 +131,33 @@ def finalize(plan: Plan, space: SearchSpace, tracker: Tracker, ids: dict[str, st
         if v.paired is not None:
             metrics.update({"diff_ci_low": v.paired.low, "diff_ci_high": v.paired.high,
                             "p_wilcoxon": v.paired.p_wilcoxon, "paired_seeds": v.paired.n})
-    tracker.log_metrics(parent, metrics)
-    tracker.set_tags(parent, {names.VERDICT_TAG: v.text[:5000], "beats_baseline": str(v.beats).lower(), "verdict_test": v.test,
-                              "best_candidate": v.best.name, "best_policy_digest": best.digest(),
-                              POLICY_TAG: json.dumps(best.to_dict(), separators=(",", ":"))})
+    return metrics
+
+
+def publish(plan: Plan, tracker: Tracker, parent: str, j: Judgement, candidates: list[Candidate],
+            rows: list[TrialRow]) -> None:
+    """Stage 4, the writing half: the best policy, the summary and the plots onto the parent run,
+    then its metrics and tags; the parent run finishes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        (out / names.BEST_POLICY).write_text(j.best.to_yaml())
+        (out / names.SUMMARY_MD).write_text(j.summary_md)
+        (out / names.SUMMARY_JSON).write_text(json.dumps(j.summary_json, indent=2, default=str))
+        report.plot_history(rows, plan.metric, plan.mode, out / names.OPTIMIZATION_HISTORY)
+        report.plot_curves(candidates, plan.metric, out / names.VALIDATION_VS_TIME)
+        if j.correlations:
+            report.plot_rank_correlations(j.correlations, plan.rungs, plan.base.budget.kind,
+                                          plan.metric, out / names.RANK_CORRELATION)
+        importances = _importances(plan)
+        if importances:
+            report.plot_importance(importances, out / names.PARAM_IMPORTANCE)
+        for path in sorted(out.iterdir()):
+            tracker.log_file(parent, path)
+    tracker.log_metrics(parent, j.metrics)
+    tracker.set_tags(parent, j.tags)
     tracker.finish(parent, "FINISHED")
-    return SweepOutcome(plan.name, parent, plan.experiment, best, v, candidates, rows, summary)
 
 
 def _importances(plan: Plan) -> dict[str, float]:
@@ -139,7 +172,7 @@ def _importances(plan: Plan) -> dict[str, float]:
     return param_importances(study)
 
 
-def _summary_json(plan: Plan, v: Any, candidates: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary_json(plan: Plan, v: Verdict, candidates: list[Candidate], rows: list[TrialRow]) -> dict[str, Any]:
     pair = v.paired
     return {"sweep": plan.name, "metric": plan.metric, "mode": plan.mode, "verdict": v.text, "beats": v.beats,
             "best": v.best.name if v.best else None, "test": v.test,
@@ -149,4 +182,4 @@ def _summary_json(plan: Plan, v: Any, candidates: list[Any], rows: list[dict[str
                                                  "p_t": pair.p, "p_wilcoxon": pair.p_wilcoxon},
             "candidates": [{"name": c.name, "kind": c.kind, "params": c.params, "values": c.values, "seeds": c.seeds,
                             "mean": c.mean, "std": c.std, "search_value": c.search_value} for c in candidates],
-            "trials": rows}
+            "trials": [r.to_json() for r in rows]}

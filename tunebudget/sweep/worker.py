@@ -12,6 +12,7 @@ from typing import Any
 
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.sweep.halving import FIDELITY
+from tunebudget.sweep.records import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def _cached_data(policy: BudgetPolicy, device: str) -> tuple[Any, str]:
     return _DATA_CACHE[key]
 
 
-def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
+def trial_policy(config: dict[str, Any], base: BudgetPolicy) -> BudgetPolicy:
     """The policy a trial trains: a confirmation job's full policy, or base + sampled params."""
     job = config.get("job")
     if job:
@@ -44,11 +45,10 @@ def trial_policy(config: dict[str, Any], base: dict[str, Any]) -> BudgetPolicy:
     params = {k: v for k, v in config.items() if "." in k}
     fidelity = config.get(FIDELITY)
     if fidelity:  # a rung of restart successive halving: the whole policy, at the rung's budget
-        kind = "samples" if base["budget"]["seconds"] is None else "seconds"
-        params[f"budget.{kind}"] = float(fidelity["amount"])
+        params[f"budget.{base.budget.kind}"] = float(fidelity["amount"])
         if not fidelity.get("top"):  # a lower rung's value is its final validation: no periodic ones
             params["budget.eval_every"] = 1.0
-    return policy_from_dict(base, "search space").with_overrides(params, source="trial parameters")
+    return base.with_overrides(params, source="trial parameters")
 
 
 def _process_started_at() -> float:
@@ -59,7 +59,7 @@ def _process_started_at() -> float:
     return psutil.Process().create_time()
 
 
-def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric: str, mode: str) -> None:
+def trainable(config: dict[str, Any], base: BudgetPolicy, threads: int, metric: str, mode: str) -> None:
     """Ray Tune function trainable: one BudgetTrainer run, reporting each validation."""
     entered = time.time()
     import socket
@@ -96,12 +96,11 @@ def trainable(config: dict[str, Any], base: dict[str, Any], threads: int, metric
     final["trial_started_at"] = entered  # wall clock, for the sweep-efficiency benchmark's timeline
     final["worker_warm"] = int(warm)
     final["worker_started_at"] = _process_started_at()
-    final["diverged"] = int(result.status == "diverged")
-    final["finished"] = 1  # marks a trial that ran to its end (an interrupted one never reports this)
+    # a trial that ran to its end says so (an interrupted one never reports this)
+    final.update(Outcome(finished=True, diverged=result.status == "diverged", too_short=result.too_short).metrics())
     final["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran (tagged in MLflow)
     final["hostname"] = socket.gethostname()
     final["device"] = str(result.stats.get("device", device))
-    final["too_short"] = int(result.too_short)
     final["data_digest"] = data_digest  # the driver logs it as the run's MLflow dataset input
     final["test_size"] = len(data.test)
     if result.status == "diverged" or metric not in final or result.too_short:

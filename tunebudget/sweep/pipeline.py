@@ -24,7 +24,7 @@ from tunebudget.sweep.plan import Plan, capacity_note, idle_round_note, ladder_n
 from tunebudget.sweep.preflight import preflight
 from tunebudget.sweep.race import Race
 from tunebudget.sweep.records import Candidate, TrialRow, TrialStatus
-from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
+from tunebudget.sweep.resume import as_json, read_state, resume_or_start, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
     SweepInterrupted,
     all_failed,
@@ -65,6 +65,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
 
     from tunebudget.progress import err_console, starting
 
+    if opts.resume_or_start:
+        opts = resume_or_start(space, opts)  # raises SweepFinished once it has finished: nothing to run
     plan, state = resume_plan(space, opts) if opts.resume else (make_plan(space, opts), {})
     budget = plan.base.budget
     what = (f"sweep {plan.name}: {'resuming; ' if opts.resume else ''}{plan.trials} searched trials + "

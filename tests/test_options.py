@@ -72,5 +72,5 @@ def test_flags_override_the_file_and_the_file_fills_the_rest():
 
     space = _space()
     plan = make_plan(space, SweepOptions(trials=7, confirm="fixed", eta=4))
-    assert (plan.trials, plan.confirm, plan.eta) == (7, "fixed", 4)
-    assert plan.concurrency == space.sweep.concurrency and plan.first_test == space.sweep.first_test
+    assert (plan.sweep.trials, plan.sweep.confirm, plan.sweep.eta) == (7, "fixed", 4)
+    assert plan.sweep.concurrency == space.sweep.concurrency and plan.sweep.first_test == space.sweep.first_test

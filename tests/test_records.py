@@ -66,3 +66,20 @@ def test_judge_is_pure_and_says_what_the_parent_run_gets(tmp_path):
     assert j.summary_json["trials"][1]["status"] == "ERROR" and "top1" in j.summary_md
     assert not (tmp_path / "ray").exists()  # judged without a store, a run or a file
     assert judge(plan, space, rows, [Candidate("top1", "searched", {})]) is None  # nothing finished
+
+
+def test_a_plan_saved_flat_by_an_earlier_version_resumes(tmp_path):
+    """State files written before the plan held the sweep section as one record (its fields were the
+    plan's own; before races, no ``confirm``) load as the same plan, confirming as they did (fixed)."""
+    from tunebudget.options import SweepOptions
+    from tunebudget.sweep.plan import Plan, make_plan
+
+    plan = make_plan(_space(tmp_path), SweepOptions(name="old", trials=5, storage_path=str(tmp_path)))
+    saved = json.loads(json.dumps(plan.to_json()))
+    assert Plan.from_json(saved) == plan
+    section = saved.pop("sweep")
+    flat = {**saved, **{k: v for k, v in section.items() if k not in ("metric", "mode", "confirm")}}
+    flat.pop("resources"), flat.pop("min_budget")
+    again = Plan.from_json(flat)
+    assert again.sweep.trials == 5 and again.sweep.confirm == "fixed" and again.base == plan.base
+    assert again.params()["sweep.trials"] == 5 and again.params()["sweep.metric"] == plan.metric

@@ -31,8 +31,9 @@ _FILE = "default: the file's sweep.{}, else {}"
 class SweepOptions:
     """The command line's choices, in ``tunebudget sweep --help``'s order (the parser is generated
     from these fields: :func:`add_sweep_flags`); None means "take the space file's ``sweep``
-    section". Adding an option to the space's ``sweep`` section and the command line is a field of
-    :class:`~tunebudget.spaces.SweepSpec` plus one here with its ``spec`` name."""
+    section". A new option of the space's ``sweep`` section is one field of
+    :class:`~tunebudget.spaces.SweepSpec` (the sweep reads it as ``plan.sweep.<name>``); its flag, if
+    it has one, one field here with its ``spec`` name."""
 
     trials: Optional[int] = _opt(
         "--trials", int, "searched trials, beyond the baselines (default: the file's sweep.trials); with --fidelity "

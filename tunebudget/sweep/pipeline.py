@@ -53,7 +53,7 @@ def start_parent(tracker: Tracker, plan: Plan, space: SearchSpace, resources: di
             "ray_address": plan.address or "local", "ray_cluster": json.dumps(resources, sort_keys=True),
             "device": "cuda" if plan.gpus > 0 else "cpu", "budget": f"{base.budget.amount:g} {base.budget.kind}",
             METRIC_TAG: plan.metric, MODE_TAG: plan.mode, "ray_version": ray.__version__}
-    params = {f"sweep.{k}": v for k, v in plan.to_json().items() if k != "base"}
+    params = plan.params()
     params.update({f"base.{k}": v for k, v in base.flat().items()})
     parent = tracker.start_run(exp_id, f"sweep-{plan.name}", tags, params)
     return {"experiment_id": exp_id, "parent_id": parent}
@@ -69,7 +69,7 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
         opts = resume_or_start(space, opts)  # raises SweepFinished once it has finished: nothing to run
     plan, state = resume_plan(space, opts) if opts.resume else (make_plan(space, opts), {})
     budget = plan.base.budget
-    what = (f"sweep {plan.name}: {'resuming; ' if opts.resume else ''}{plan.trials} searched trials + "
+    what = (f"sweep {plan.name}: {'resuming; ' if opts.resume else ''}{plan.sweep.trials} searched trials + "
             f"{len(space.baselines)} baselines, {budget.amount:g} {budget.kind} each")
     # Ray takes seconds to start: a terminal sees a spinner from the first second (it vanishes, so
     # a preflight error stays one line); a log gets one line once Ray is up
@@ -178,13 +178,13 @@ class Sweep:
                 self.fail(refusal.why)
                 raise TuneBudgetError(refusal.message)
         # a resumed search ran in two sittings: its wall time here is only the second one
-        efficiency = {} if resume else search_efficiency(rows, wall, self.state.get("slots", plan.concurrency))
+        efficiency = {} if resume else search_efficiency(rows, wall, self.state.get("slots", plan.sweep.concurrency))
         self.state = save_state(plan, stage="confirm", rows=[r.to_json() for r in rows], efficiency=efficiency)
 
     def confirm(self, rows: list[TrialRow], resume: bool) -> tuple[list[Candidate], Optional[Race]]:
         """Stage 3: the candidates with fresh paired seeds (none: each keeps its search value)."""
         candidates = pick_candidates(rows, self.space, self.plan)
-        if self.plan.confirm_seeds <= 0 or not candidates:
+        if self.plan.sweep.confirm_seeds <= 0 or not candidates:
             for c in candidates:
                 c.values = [c.search_value] if c.search_value is not None else []
             return candidates, None
@@ -197,7 +197,7 @@ class Sweep:
         """Stage 4: the verdict, published on the parent run; the sweep is finished."""
         plan = self.plan
         j = judge(plan, self.space, rows, candidates, self.state.get("efficiency") or {},
-                  slots=self.state.get("slots", plan.concurrency), race=race)
+                  slots=self.state.get("slots", plan.sweep.concurrency), race=race)
         if j is None:
             self.fail("no finished trials")
             raise TuneBudgetError(f"sweep {plan.name}: no trial finished, so there is no best policy; "

@@ -26,21 +26,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    """Options resolved against the space: exactly what this sweep will do."""
+    """Options resolved against the space: exactly what this sweep will do. ``sweep`` is the space's
+    ``sweep`` section with the command line's values over it, checked once by its model: a new
+    sweep option is a field there, read here as ``plan.sweep.<name>``."""
 
     space_path: str
     name: str
     experiment: str
-    trials: int
-    concurrency: int
     cpus: float
     gpus: float
-    scheduler: str
-    sampler: str
-    confirm_top: int
-    confirm_seeds: int
-    max_failures: int
-    seed: int
+    #: the metric and its direction, resolved against the task (the section's may be unset)
     metric: str
     mode: str
     storage: str
@@ -49,19 +44,11 @@ class Plan:
     address: Optional[str]
     #: the space's base policy with --budget/--seed applied: what every trial starts from
     base: BudgetPolicy
-    #: full, or restart (successive halving over ``rungs``, the budgets of its rungs, smallest first)
-    fidelity: str = "full"
-    eta: int = 3
+    sweep: SweepSpec
+    #: the budgets of the rungs, smallest first (restart successive halving; one rung, the budget, else)
     rungs: list[float] = field(default_factory=list)
     #: wall seconds after which the search stage stops (None: when its trials are done)
     search_seconds: Optional[float] = None
-    #: the verdict's bar in the metric's units (the space's sweep.min_effect)
-    min_effect: float = 0.0
-    #: the confirmation: race (rounds, losers dropped) or fixed (confirm_seeds each); a state saved
-    #: before races existed resumes as fixed
-    confirm: str = "fixed"
-    first_test: int = 3
-    max_seeds: int = 10
 
     @property
     def root(self) -> Path:
@@ -72,15 +59,27 @@ class Plan:
         return max(1, int(self.cpus))
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as the state file and the MLflow callback hold it (the base policy as its dict)."""
+        """The plan as the state file and the MLflow callback hold it (the policy and the section as dicts)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["base"] = self.base.to_dict()
+        data.update(base=self.base.to_dict(), sweep=self.sweep.model_dump(mode="json"))
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":
-        """A plan saved by :meth:`to_json` (a state file of any earlier version: same keys)."""
-        return cls(**{**data, "base": policy_from_dict(data["base"], "the sweep's saved plan")})
+        """A plan saved by :meth:`to_json`, or by a version whose plan held the section's fields itself
+        (a state saved before races existed has no ``confirm``: it resumes as fixed)."""
+        data = dict(data)
+        if "sweep" not in data:
+            flat = {k: data.pop(k) for k in list(data) if k in SweepSpec.model_fields and k not in ("metric", "mode")}
+            data["sweep"] = {"confirm": "fixed", **flat}
+        return cls(**{**data, "base": policy_from_dict(data["base"], "the sweep's saved plan"),
+                      "sweep": SweepSpec.model_validate(data["sweep"])})
+
+    def params(self) -> dict[str, Any]:
+        """The plan as the parent run's ``sweep.*`` MLflow params (the base policy's are ``base.*``)."""
+        data = self.to_json()
+        data.pop("base")
+        return {f"sweep.{k}": v for k, v in {**data.pop("sweep"), **data}.items()}
 
 
 def _pick(flag: Any, default: Any) -> Any:
@@ -131,18 +130,11 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     optuna_storage = opts.optuna_storage or f"sqlite:///{_default_optuna_db(tracking_uri, storage)}"
     rungs = _rungs(base, sw)
     return Plan(
-        **{k: getattr(sw, k) for k in _FROM_SPEC}, rungs=rungs, search_seconds=opts.search_seconds,
-        space_path=space.path, name=name, experiment=opts.experiment or space.name,
+        sweep=sw, rungs=rungs, search_seconds=opts.search_seconds, space_path=space.path, name=name, experiment=opts.experiment or space.name,
         cpus=float(cpus), gpus=float(gpus), metric=metric, mode=mode, storage=str(storage),
         optuna_storage=optuna_storage, tracking_uri=tracking_uri, address=opts.address or os.environ.get("RAY_ADDRESS"),
         base=base,
     )
-
-
-#: Plan fields taken as they are from the space's sweep section, after the command line's values
-#: (a new sweep option is a SweepSpec field and a Plan field of the same name; its flag, if it has
-#: one, a SweepOptions field). The metric and its mode are resolved against the task instead.
-_FROM_SPEC = sorted({f.name for f in fields(Plan)} & set(SweepSpec.model_fields) - {"metric", "mode"})
 
 
 def _rungs(base: BudgetPolicy, sw: SweepSpec) -> list[float]:
@@ -172,7 +164,7 @@ def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
 
 def trial_slots(plan: Plan, resources: dict[str, float]) -> int:
     """How many trials can run at once: the concurrency limit, or fewer if the cluster is smaller."""
-    slots = min(plan.concurrency, int(resources.get("CPU", 0) // plan.cpus) if plan.cpus > 0 else plan.concurrency)
+    slots = min(plan.sweep.concurrency, int(resources.get("CPU", 0) // plan.cpus) if plan.cpus > 0 else plan.sweep.concurrency)
     if plan.gpus > 0:
         slots = min(slots, int(resources.get("GPU", 0) // plan.gpus))
     return max(1, slots)
@@ -181,10 +173,10 @@ def trial_slots(plan: Plan, resources: dict[str, float]) -> int:
 def capacity_note(plan: Plan, resources: dict[str, float]) -> Optional[str]:
     """A note when the cluster runs fewer trials at once than the concurrency asked for."""
     slots = trial_slots(plan, resources)
-    if slots >= plan.concurrency:
+    if slots >= plan.sweep.concurrency:
         return None
     per = f"{plan.cpus:g} CPU" + (f" and {plan.gpus:g} GPU" if plan.gpus > 0 else "")
-    return (f"note: concurrency {plan.concurrency}, but the cluster ({resources.get('CPU', 0):g} CPUs"
+    return (f"note: concurrency {plan.sweep.concurrency}, but the cluster ({resources.get('CPU', 0):g} CPUs"
             + (f", {resources.get('GPU', 0):g} GPUs" if plan.gpus > 0 else "")
             + f") fits {slots} trials of {per} at once: {slots} run at a time")
 
@@ -195,12 +187,12 @@ def idle_round_note(plan: Plan, n_baselines: int, resources: dict[str, float]) -
     Every trial takes the same budget, so with ``total % slots`` trials in the last round the
     other slots sit idle for a whole trial: wall time paid for no training.
     """
-    slots, total = trial_slots(plan, resources), plan.trials + n_baselines
+    slots, total = trial_slots(plan, resources), plan.sweep.trials + n_baselines
     left = total % slots
-    if plan.scheduler != "none" or plan.fidelity != "full" or slots < 2 or left == 0:
+    if plan.sweep.scheduler != "none" or plan.sweep.fidelity != "full" or slots < 2 or left == 0:
         return None
-    fill = sorted({t for t in (plan.trials - left, plan.trials + slots - left) if t >= 1})
-    return (f"note: {total} trials ({plan.trials} searched + {n_baselines} baselines) on {slots} slots: the last "
+    fill = sorted({t for t in (plan.sweep.trials - left, plan.sweep.trials + slots - left) if t >= 1})
+    return (f"note: {total} trials ({plan.sweep.trials} searched + {n_baselines} baselines) on {slots} slots: the last "
             f"round runs {left} and leaves {slots - left} idle for a whole trial; "
             f"--trials {' or '.join(map(str, fill))} fills every round")
 
@@ -213,11 +205,11 @@ def ladder_note(plan: Plan, n_baselines: int) -> Optional[str]:
     factor 2 is a heuristic: in a simulation with 2-4 slots, 3 full budgets for 3 rungs missed the
     top rung most of the time, 5 reached it.
     """
-    if plan.fidelity != "restart" or len(plan.rungs) < 2:
+    if plan.sweep.fidelity != "restart" or len(plan.rungs) < 2:
         return None
-    total, need = plan.trials + n_baselines, 2 * len(plan.rungs)
+    total, need = plan.sweep.trials + n_baselines, 2 * len(plan.rungs)
     if total >= need:
         return None
-    return (f"note: the compute of {total} full-budget trials ({plan.trials} + {n_baselines} baselines) may not "
+    return (f"note: the compute of {total} full-budget trials ({plan.sweep.trials} + {n_baselines} baselines) may not "
             f"carry a policy to the top of {len(plan.rungs)} rungs (the confirmation stage then takes the highest "
             f"rung reached); --trials {need - n_baselines} or more")

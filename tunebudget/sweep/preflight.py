@@ -77,7 +77,7 @@ def preload_workers(plan: Plan, cpus: int) -> bool:
     Ray prestarts one worker per CPU core, and a preloaded idle worker holds ~390 MB (42 MB
     bare): worth it where most of them become trial workers, not for 4 trials on 64 cores.
     """
-    return not plan.address and cpus <= 2 * plan.concurrency
+    return not plan.address and cpus <= 2 * plan.sweep.concurrency
 
 
 def take_prestarted_workers() -> None:

@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import shlex
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -120,13 +120,22 @@ def resume_or_start(space: SearchSpace, opts: SweepOptions) -> SweepOptions:
     return replace(opts, resume=True)
 
 
-#: Flags a resumed sweep cannot change (they define what the sweep is), by SweepOptions and Plan field.
-_FIXED_ON_RESUME = {"trials": "trials", "concurrency": "concurrency", "cpus_per_trial": "cpus",
-                    "gpus_per_trial": "gpus", "experiment": "experiment", "scheduler": "scheduler",
-                    "sampler": "sampler", "confirm_seeds": "confirm_seeds", "confirm_top": "confirm_top",
-                    "max_failures": "max_failures", "seed": "seed", "optuna_storage": "optuna_storage",
-                    "tracking_uri": "tracking_uri", "fidelity": "fidelity", "eta": "eta", "min_budget": "rungs",
-                    "search_seconds": "search_seconds", "confirm": "confirm"}
+#: Flags a resumed sweep cannot change (they define what the sweep is): every flag of the space's
+#: ``sweep`` section (compared there), and these, by the Plan field they resolve to.
+_FIXED_ON_RESUME = {"cpus_per_trial": "cpus", "gpus_per_trial": "gpus", "experiment": "experiment",
+                    "optuna_storage": "optuna_storage", "tracking_uri": "tracking_uri", "min_budget": "rungs",
+                    "search_seconds": "search_seconds"}
+
+
+def _fixed(plan: Plan, flag: str) -> Any:
+    """What a fixed flag resolved to in ``plan``; ``_NOT_FIXED`` for a flag that may change."""
+    if flag in _FIXED_ON_RESUME:
+        return getattr(plan, _FIXED_ON_RESUME[flag])
+    spec = next(f.metadata.get("spec") for f in fields(SweepOptions) if f.name == flag)
+    return getattr(plan.sweep, spec) if spec else _NOT_FIXED
+
+
+_NOT_FIXED = object()
 
 
 def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str, Any]]:
@@ -152,9 +161,9 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
             raise TuneBudgetError(
                 f"--resume: {space.path} changed since sweep {plan.name} started ({changed}); restore it, "
                 "or start a new sweep without --resume")
-    for flag, field_name in _FIXED_ON_RESUME.items():
-        given, was = getattr(opts, flag), getattr(plan, field_name)
-        if given is not None and getattr(fresh, field_name) != was:
+    for flag in (f.name for f in fields(SweepOptions)):
+        given, was = getattr(opts, flag), _fixed(plan, flag)
+        if given is not None and was is not _NOT_FIXED and _fixed(fresh, flag) != was:
             raise TuneBudgetError(
                 f"--resume: {flag_of(flag)} {given} differs from sweep {plan.name}'s {was}; a resumed "
                 "sweep keeps its settings: leave the flag out, or start a new sweep")

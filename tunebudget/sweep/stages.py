@@ -42,15 +42,15 @@ def finished(trial_result: Any) -> bool:
 def _make_sampler(plan: Plan) -> Any:
     import optuna
 
-    if plan.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=plan.seed)
-    if plan.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=plan.seed)
-    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(4, min(10, plan.trials // 3)))
+    if plan.sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=plan.sweep.seed)
+    if plan.sweep.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=plan.sweep.seed)
+    return optuna.samplers.TPESampler(seed=plan.sweep.seed, n_startup_trials=max(4, min(10, plan.sweep.trials // 3)))
 
 
 def _scheduler(plan: Plan) -> Any:
-    if plan.scheduler != "asha":
+    if plan.sweep.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
@@ -97,7 +97,7 @@ def _run_config(plan: Plan, stage: str, callback: SweepCallback, name: Optional[
     # automatic loggers are off, see run_sweep)
     return tune.RunConfig(name=name or stage, storage_path=str(plan.root), verbose=0, stop=stopper,
                           callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
-                          failure_config=tune.FailureConfig(max_failures=plan.max_failures))
+                          failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures))
 
 
 def _callback(plan: Plan, stage: str, ids: dict[str, str], labels: dict[str, str], total: int,
@@ -115,20 +115,20 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
 
     optuna.logging.set_verbosity(optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING)
     path = plan.root / "search"
-    total = plan.trials + len(space.baselines)
+    total = plan.sweep.trials + len(space.baselines)
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(plan), resume_errored=False)
         return tuner.fit()
     points = space.baseline_points()
     labels = {label_key(p): b.name for p, b in zip(points, space.baselines)}
-    if plan.fidelity == "restart":
+    if plan.sweep.fidelity == "restart":
         return _run_halving(plan, space, ids, points, labels, quiet)
     searcher = OptunaSearch(space=space.suggest, metric=plan.metric, mode=plan.mode,
                             points_to_evaluate=points or None, sampler=_make_sampler(plan),
                             study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage))
     tuner = tune.Tuner(
         _trainable(plan),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=plan.concurrency,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=plan.sweep.concurrency,
                                     reuse_actors=True, time_budget_s=plan.search_seconds,
                                     scheduler=_scheduler(plan)),
         run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels, total, quiet)),
@@ -143,16 +143,16 @@ def _run_halving(plan: Plan, space: SearchSpace, ids: dict[str, str], points: li
 
     from tunebudget.sweep.halving import RestartHalving, expected_trials, max_trials
 
-    total = plan.trials + len(points)  # full-budget trials' worth of compute
-    searcher = RestartHalving(space, plan.metric, plan.mode, plan.rungs, plan.eta, plan.trials, points,
+    total = plan.sweep.trials + len(points)  # full-budget trials' worth of compute
+    searcher = RestartHalving(space, plan.metric, plan.mode, plan.rungs, plan.sweep.eta, plan.sweep.trials, points,
                               _make_sampler(plan), plan.name, plan.optuna_storage)
     tuner = tune.Tuner(
         _trainable(plan),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(total, plan.rungs),
-                                    max_concurrent_trials=plan.concurrency, reuse_actors=True,
+                                    max_concurrent_trials=plan.sweep.concurrency, reuse_actors=True,
                                     time_budget_s=plan.search_seconds),
         run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels,
-                                                         expected_trials(total, plan.rungs, plan.eta), quiet)),
+                                                         expected_trials(total, plan.rungs, plan.sweep.eta), quiet)),
     )
     return tuner.fit()
 
@@ -171,7 +171,7 @@ def _trial_status(r: Any, plan: Plan) -> TrialStatus:
         return TrialStatus.TERMINATED
     if INTERRUPTED.is_set():
         return TrialStatus.INTERRUPTED
-    return TrialStatus.STOPPED if plan.scheduler == "asha" else TrialStatus.CUT
+    return TrialStatus.STOPPED if plan.sweep.scheduler == "asha" else TrialStatus.CUT
 
 
 def _curve(r: Any, metric: str) -> list[tuple[float, float]]:
@@ -209,7 +209,7 @@ def pick_candidates(rows: list[TrialRow], space: SearchSpace, plan: Plan) -> lis
     """Top-k distinct searched policies, every baseline, and RS2 at the leader's ratio."""
     sign = 1 if plan.mode == "max" else -1
     done = [r for r in rows if r.value is not None and not r.diverged]
-    if plan.fidelity == "restart":  # each configuration by its highest rung: the longest budget it ran
+    if plan.sweep.fidelity == "restart":  # each configuration by its highest rung: the longest budget it ran
         highest: dict[Optional[str], TrialRow] = {}
         for r in done:
             if r.config not in highest or (r.rung or 0) > (highest[r.config].rung or 0):
@@ -219,7 +219,7 @@ def pick_candidates(rows: list[TrialRow], space: SearchSpace, plan: Plan) -> lis
     chosen, seen = [], set()
     for r in searched:
         key = json.dumps(r.params, sort_keys=True, default=str)
-        if key not in seen and len(chosen) < plan.confirm_top:
+        if key not in seen and len(chosen) < plan.sweep.confirm_top:
             seen.add(key)
             chosen.append(Candidate(f"top{len(chosen) + 1}", "searched", r.params, search_value=r.value,
                                     curves=[r.curve]))
@@ -253,13 +253,13 @@ def run_confirm(plan: Plan, space: SearchSpace, ids: dict[str, str], candidates:
     returns the race. Each candidate's values and seeds are filled in."""
     for c in candidates:
         c.curves = []  # the confirmation runs replace the search-stage curves
-    if plan.confirm != "race":
-        jobs = [(c, k) for c in candidates for k in range(plan.confirm_seeds)]
+    if plan.sweep.confirm != "race":
+        jobs = [(c, k) for c in candidates for k in range(plan.sweep.confirm_seeds)]
         collect_confirm(_confirm_round(plan, space, ids, jobs, "confirm", None, resume, quiet), candidates, plan)
         return None
     sign = 1.0 if plan.mode == "max" else -1.0
-    race = Race(candidates, sign, min(plan.first_test, max(2, plan.confirm_seeds)), max(plan.max_seeds, 2),
-                cap=len(candidates) * plan.confirm_seeds)
+    race = Race(candidates, sign, min(plan.sweep.first_test, max(2, plan.sweep.confirm_seeds)), max(plan.sweep.max_seeds, 2),
+                cap=len(candidates) * plan.sweep.confirm_seeds)
     while not INTERRUPTED.is_set():
         jobs = race.next_round()
         if not jobs:
@@ -286,7 +286,7 @@ def _confirm_round(plan: Plan, space: SearchSpace, ids: dict[str, str], jobs: li
         labels[label_key({"job": job})] = c.name
     tuner = tune.Tuner(
         _trainable(plan), param_space={"job": tune.grid_search(specs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.sweep.concurrency, reuse_actors=True),
         run_config=_run_config(plan, "confirm", _callback(plan, "confirm", ids, labels, len(specs), quiet), name=name),
     )
     return tuner.fit()

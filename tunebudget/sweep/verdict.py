@@ -63,9 +63,9 @@ def best_policy(space: SearchSpace, plan: Plan, best: Candidate) -> BudgetPolicy
 
 def _concurrency(plan: Plan, slots: Optional[int]) -> str:
     """How many trials ran at once: the slots the cluster had, and the limit asked for if larger."""
-    if slots is None or slots >= plan.concurrency:
-        return f"{plan.concurrency} concurrent"
-    return f"{slots} concurrent ({plan.concurrency} asked; the cluster fits {slots})"
+    if slots is None or slots >= plan.sweep.concurrency:
+        return f"{plan.sweep.concurrency} concurrent"
+    return f"{slots} concurrent ({plan.sweep.concurrency} asked; the cluster fits {slots})"
 
 
 def judge(plan: Plan, space: SearchSpace, rows: list[TrialRow], candidates: list[Candidate],
@@ -73,11 +73,11 @@ def judge(plan: Plan, space: SearchSpace, rows: list[TrialRow], candidates: list
           race: Optional[Race] = None) -> Optional[Judgement]:
     """Stage 4, the thinking half: the verdict and all that the parent run will get; None when no
     candidate finished (there is no best policy). Writes nothing."""
-    v = report.verdict(candidates, plan.mode, plan.metric, plan.min_effect)
+    v = report.verdict(candidates, plan.mode, plan.metric, plan.sweep.min_effect)
     if v.best is None:
         return None
     best = best_policy(space, plan, v.best).with_overrides({"name": f"{space.name}-best"})
-    correlations = report.rank_correlations(rows) if plan.fidelity == "restart" else []
+    correlations = report.rank_correlations(rows) if plan.sweep.fidelity == "restart" else []
     meta = _meta(plan, space, best, efficiency or {}, slots, race, correlations)
     summary_json = _summary_json(plan, v, candidates, rows)
     if race is not None:
@@ -93,13 +93,13 @@ def _meta(plan: Plan, space: SearchSpace, best: BudgetPolicy, efficiency: dict[s
           race: Optional[Race], correlations: list[dict[str, Any]]) -> dict[str, str]:
     """The summary's header: what the sweep ran, on what, and how its parts went."""
     meta = {"sweep": plan.name, "space": f"{plan.space_path} (sha256 {space.file_hash})",
-            "trials": f"{plan.trials} searched + {len(space.baselines)} baselines, {_concurrency(plan, slots)}",
+            "trials": f"{plan.sweep.trials} searched + {len(space.baselines)} baselines, {_concurrency(plan, slots)}",
             "budget per trial": f"{best.budget.amount:g} {best.budget.kind}",
             "confirmation": race.describe() if race is not None else
-            f"top {plan.confirm_top} and baselines × {plan.confirm_seeds} seeds",
-            "sampler": plan.sampler, "scheduler": plan.scheduler}
-    if plan.fidelity == "restart":
-        meta["fidelity"] = (f"restart successive halving, eta {plan.eta}, rungs "
+            f"top {plan.sweep.confirm_top} and baselines × {plan.sweep.confirm_seeds} seeds",
+            "sampler": plan.sweep.sampler, "scheduler": plan.sweep.scheduler}
+    if plan.sweep.fidelity == "restart":
+        meta["fidelity"] = (f"restart successive halving, eta {plan.sweep.eta}, rungs "
                             + ", ".join(f"{b:g}" for b in plan.rungs) + f" {plan.base.budget.kind}")
         for c in correlations:
             meta[f"rank correlation, rung {c['low']} vs {c['high']}"] = (

@@ -277,7 +277,7 @@ def _mean(runs: dict[int, dict], key: str = "test_accuracy") -> float:
 def summarise_many(rows: list[dict], kind: str) -> tuple[list[str], dict]:
     """Per regime: every policy against the strongest full-data baseline (paired over seeds), and a
     headline row per regime."""
-    from tunebudget.report import paired
+    from tunebudget.sweep.report import paired
 
     lines, table = [], {}
     head = ["", "| regime | full + linear | strongest full-data baseline | best selective (chosen on validation) | "
@@ -380,7 +380,7 @@ def reach(history: list[dict], target: float) -> Optional[float]:
 
 
 def summarise(rows: list[dict], kind: str) -> tuple[list[str], dict]:
-    from tunebudget.report import beyond_noise
+    from tunebudget.sweep.report import beyond_noise
     from tunebudget.sweep.records import Candidate
 
     lines, table = [], {}

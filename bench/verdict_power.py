@@ -5,7 +5,7 @@ confirmation with the paired test, and the race, at the same confirmation comput
 Every run is a real training under the deterministic sample budget, so a policy's result on seed s is
 a fixed number: a *pool* of seeds per policy is trained once, and each simulated confirmation stage
 draws its confirmation seeds from the pool (in a random order, without replacement within a stage) and
-applies tunebudget's own verdict (:func:`tunebudget.report.verdict`) and race
+applies tunebudget's own verdict (:func:`tunebudget.sweep.report.verdict`) and race
 (:class:`tunebudget.sweep.race.Race`) to those results: exactly what the sweep would have measured with
 those seeds. The metric is the sweep's, validation accuracy.
 
@@ -76,7 +76,7 @@ def pool_jobs(name: str, n: int) -> list[dict[str, Any]]:
 
 def stage(values: dict[str, dict[int, float]], effect: str | None, seeds: list[int], how: str) -> dict[str, Any]:
     """One simulated confirmation stage on ``seeds`` (in order): the verdict, and the runs it used."""
-    from tunebudget.report import verdict
+    from tunebudget.sweep.report import verdict
     from tunebudget.sweep.records import Candidate
     from tunebudget.sweep.race import Race
 

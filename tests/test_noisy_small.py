@@ -267,7 +267,7 @@ def test_auto_ratio_needs_small_loss_and_a_warmup(tmp_path, cli):
 def test_verdict_is_paired_on_shared_seeds_and_sees_what_welch_cannot():
     """Seed effects shared by both policies (the split, the noise draw) swamp a small, consistent
     difference for Welch's test; the paired test sees it."""
-    from tunebudget.report import verdict
+    from tunebudget.sweep.report import verdict
     from tunebudget.sweep.records import Candidate
 
     shared = [0.80, 0.86, 0.83, 0.89, 0.85]
@@ -292,7 +292,7 @@ def test_verdict_is_paired_on_shared_seeds_and_sees_what_welch_cannot():
 def test_a_baseline_that_wins_is_still_compared_with_the_best_searched_policy():
     """When a baseline is the best, the verdict gives the best searched policy's paired difference from
     it with its interval (what the user needs to see how far selection is from winning)."""
-    from tunebudget.report import verdict
+    from tunebudget.sweep.report import verdict
     from tunebudget.sweep.records import Candidate
 
     base = Candidate("full_use0.1", "baseline", {}, values=[0.84, 0.83, 0.85], seeds=[0, 1, 2])

@@ -98,7 +98,7 @@ def test_every_optimisable_metric_is_reported_by_the_trainer(dataset):
                                                     ("max", [0.92, 0.93, 0.94], [0.90, 0.91, 0.92], "+0.0200")])
 def test_verdict_shows_the_difference_as_measured(mode, best, base, shown):
     """A lower MSE is shown as a negative difference with its direction, not as '+'."""
-    from tunebudget.report import verdict
+    from tunebudget.sweep.report import verdict
     from tunebudget.sweep.records import Candidate
 
     v = verdict([Candidate("top1", "searched", {}, values=best), Candidate("full_linear", "baseline", {}, values=base)],
@@ -111,7 +111,7 @@ def test_sweep_progress_counts_only_finished_trials_and_never_wraps(capsys):
     not 'done'; lines are whole however long (stderr is not a terminal under pytest)."""
     from types import SimpleNamespace as Trial
 
-    from tunebudget.progress import SweepProgress
+    from tunebudget.sweep.live import SweepProgress
 
     metric = "val_accuracy_of_a_long_metric_name_that_would_wrap_at_eighty_columns"
     progress = SweepProgress("search", 5, metric, "max")

@@ -155,7 +155,7 @@ class SweepCallback(Callback):
     @property
     def progress(self) -> Any:
         if self._progress is None:
-            from tunebudget.progress import SweepProgress
+            from tunebudget.sweep.live import SweepProgress
 
             st = self.settings
             self._progress = SweepProgress(st["stage"], st["total"], st["plan"]["metric"], st["plan"]["mode"],

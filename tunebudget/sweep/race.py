@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
-from tunebudget.report import Paired, paired
+from tunebudget.sweep.report import Paired, paired
 from tunebudget.sweep.records import Candidate
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tunebudget import names, report
+from tunebudget import names
+from tunebudget.sweep import report
 from tunebudget.policy import BudgetPolicy
-from tunebudget.report import Verdict
+from tunebudget.sweep.report import Verdict
 from tunebudget.spaces import SearchSpace
 from tunebudget.sweep.plan import Plan
 from tunebudget.sweep.race import Race
@@ -163,7 +164,7 @@ def publish(plan: Plan, tracker: Tracker, parent: str, j: Judgement, candidates:
 def _importances(plan: Plan) -> dict[str, float]:
     import optuna
 
-    from tunebudget.report import param_importances
+    from tunebudget.sweep.report import param_importances
 
     try:
         study = optuna.load_study(study_name=plan.name, storage=plan.optuna_storage)

@@ -1,14 +1,19 @@
-"""Every registered scorer and strategy keeps the same contract (parametrized over the registries,
-so a new entry is tested the moment it is registered)."""
+"""Every registered scorer, strategy, data set and model keeps the same contract (parametrized over the
+registries, so a new entry is tested the moment it is registered)."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from tunebudget.policy import SelectionSpec, policy_from_dict
-from tunebudget.registry import SCORERS, STRATEGIES
+from tunebudget.data import load_data
+from tunebudget.errors import TuneBudgetError
+from tunebudget.models import build_model, final_linear
+from tunebudget.policy import SelectionSpec, TaskSpec, policy_from_dict
+from tunebudget.registry import DATASETS, MODELS, SCORERS, STRATEGIES
 from tunebudget.selection import Batch, Scorer, Selector, Strategy
 from tunebudget.trainer import BudgetTrainer
 
@@ -108,3 +113,52 @@ def test_every_scorer_works_with_every_scoring_strategy(strategy, scorer):
         losses = torch.nn.functional.cross_entropy(out, train.y[idx], reduction="none")
     scores = trainer.scorer.score(Batch(idx, train.x[idx], train.y[idx], out, losses))
     assert scores.shape == (50,) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_data_set_loads_or_says_in_one_line_where_its_files_go(name, tmp_path, monkeypatch):
+    """With no files given (task.root unset, TUNEBUDGET_DATA an empty directory) a registered data set
+    either loads as its entry says (kind, classes) or is one line naming where its files go."""
+    entry = DATASETS.get(name)
+    assert (entry.val_layout is None) == (entry.val_reader is None), "a val_root layout needs its reader"
+    assert callable(entry.load()) and (entry.val_reader is None or callable(entry.load_val()))
+    options = {"data_options": {"n_samples": 400}} if entry.takes_options else {}
+    task = TaskSpec(dataset=name, model="mlp", val_size=0.1, **options)
+    assert task.kind == entry.kind and not task.user_data
+    if not entry.takes_options:
+        with pytest.raises(TuneBudgetError, match=f"^task.data_options: {name} takes no options"):
+            load_data(task.model_copy(update={"data_options": {"n_samples": 400}}))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("TUNEBUDGET_DATA", str(tmp_path / "empty"))
+    try:
+        bundle = load_data(task)
+    except TuneBudgetError as exc:
+        assert str(exc).startswith(("task.root: ", "TUNEBUDGET_DATA: ")) and "\n" not in str(exc), str(exc)
+        return
+    assert bundle.kind == entry.kind and bundle.name == name and len(bundle.train) > len(bundle.val) > 0
+    if entry.kind == "classification":
+        assert bundle.num_outputs >= 2 and bundle.train.y.dtype == torch.long
+        assert int(bundle.train.y.max()) < bundle.num_outputs
+    else:
+        assert bundle.num_outputs == 1 and bundle.train.y.is_floating_point()
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_builds_for_images_and_checks_its_widths(name):
+    entry = MODELS.get(name)
+    assert set(entry.widths) <= set(inspect.signature(entry.load()).parameters), "widths name real options"
+    model = build_model(TaskSpec(model=name), (1, 28, 28), 10)
+    assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert final_linear(model, 10) is not None  # the margin scorer's weight rows
+    for option in entry.widths:
+        with pytest.raises(TuneBudgetError, match=f"^task.model_options.{option}: -1; give"):
+            build_model(TaskSpec(model=name, model_options={option: -1}), (1, 28, 28), 10)
+
+
+def test_the_names_a_policy_accepts_are_the_registered_ones():
+    for registry, field in ((DATASETS, "dataset"), (MODELS, "model")):
+        with pytest.raises(ValidationError, match=f"task.{field}: unknown .* use one of "
+                                                   f"{', '.join(registry.names())} or 'package.module:factory'"):
+            TaskSpec(**{field: "no_such_name"})
+        for name in registry.names():
+            assert getattr(TaskSpec(**{field: name}), field) == name

@@ -200,6 +200,11 @@ def module_dir(tmp_path_factory) -> Path:
     return d
 
 
+def _with_path(module_dir: Path) -> str:
+    """PYTHONPATH with the factories' directory first, keeping the caller's (the tunebudget under test)."""
+    return os.pathsep.join([str(module_dir), os.environ.get("PYTHONPATH", "")])
+
+
 @pytest.fixture
 def own(module_dir, monkeypatch):
     """Make the factories importable in this process, as PYTHONPATH would."""
@@ -218,7 +223,7 @@ def test_train_finds_the_module_through_pythonpath(module_dir, tmp_path):
     policy = write_yaml(tmp_path / "own.yaml", own_policy("blobs", data_options={"n": 500}))
     out = tmp_path / "result.json"
     proc = run_cli("train", str(policy), "--quiet", "--json", str(out), cwd=tmp_path,
-                   env={"PYTHONPATH": str(module_dir)})
+                   env={"PYTHONPATH": _with_path(module_dir)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["status"] == "completed" and result["test"]["accuracy"] > 0.9
@@ -365,7 +370,7 @@ def test_bad_factory_is_one_line_and_exit_2(own, tmp_path, cli, factory, task, e
 def test_module_that_cannot_be_imported_is_one_line_and_exit_2(module_dir, tmp_path, spec, expected):
     """In a fresh process, as a user meets it: a missing module, and one that raises on import."""
     policy = write_yaml(tmp_path / "own.yaml", tiny_policy(task={"dataset": spec}))
-    proc = run_cli("train", str(policy), "--quiet", cwd=tmp_path, env={"PYTHONPATH": str(module_dir)})
+    proc = run_cli("train", str(policy), "--quiet", cwd=tmp_path, env={"PYTHONPATH": _with_path(module_dir)})
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
@@ -383,7 +388,7 @@ def test_sweep_on_own_data(module_dir, tmp_path):
     data["sweep"].update({"trials": 2, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 1})
     space = write_yaml(tmp_path / "space.yaml", data)
     proc = run_cli("sweep", str(space), "--cpus-per-trial", "1", "--quiet", cwd=tmp_path,
-                   env={"PYTHONPATH": str(module_dir)}, timeout=600)
+                   env={"PYTHONPATH": _with_path(module_dir)}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Verdict" in proc.stdout and f"dataset: {MODULE}:blobs" in proc.stdout
 

@@ -23,31 +23,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from tunebudget.errors import TuneBudgetError, field_path
-from tunebudget.registry import SCORERS, STRATEGIES
+from tunebudget.registry import DATASETS, MODELS, SCORERS, STRATEGIES
 from tunebudget.schedules import SCHEDULES
 
 SCHEMA_VERSION = 1
 
-#: Data sets tunebudget knows, with the kind of task each one is; any ``package.module:factory``
-#: returning your own data is accepted too (see tunebudget.data.user_data).
-DATASETS: dict[str, str] = {
-    "fashion_mnist": "classification",
-    "digits": "classification",
-    "synthetic": "classification",
-    "synthetic_regression": "regression",
-    "mnist": "classification",
-    "cifar10": "classification",
-    "imagefolder": "classification",
-}
 #: Where Debian's dataset-fashion-mnist puts the IDX files (the default of task.root).
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-#: Built-in data sets that read a validation split of their own from ``task.val_root``, and its layout.
-VAL_ROOT_LAYOUT = {
-    "fashion_mnist": "val-images-idx3-ubyte.gz and val-labels-idx1-ubyte.gz (IDX gz, as the training files)",
-    "imagefolder": "one folder per class, named as under task.root",
-}
-#: Built-in models; any ``package.module:factory`` callable is accepted too.
-MODELS = ("mlp", "cnn", "resnet18")
 #: Task fields that change the training split (data regimes); see TaskSpec.
 REGIME_FIELDS = ("train_subset", "imbalance", "label_noise", "noise_kind", "duplicates")
 #: Top-level sections of a search-space file that are not part of the policy.
@@ -100,7 +82,7 @@ class TaskSpec(_Section):
     def _resolve_kind(cls, value: str | None, info: Any) -> str:
         """The task's kind: a built-in data set's own, else the one given (default classification)."""
         dataset = info.data.get("dataset")
-        own = DATASETS.get(dataset) if isinstance(dataset, str) else None
+        own = _builtin_kind(dataset)
         if own is not None and value not in (None, own):
             raise ValueError(f"task.kind: {dataset} is a {own} data set; remove task.kind "
                              "(it is for your own data set, task.dataset: package.module:factory)")
@@ -110,7 +92,7 @@ class TaskSpec(_Section):
     def _omit_own_kind(self, handler: Any) -> dict[str, Any]:
         """``kind`` is written only where the data set does not imply it (regression on your own data)."""
         data = handler(self)
-        if data.get("kind") == DATASETS.get(self.dataset, "classification"):
+        if data.get("kind") == (_builtin_kind(self.dataset) or "classification"):
             data.pop("kind")
         return data
 
@@ -118,17 +100,18 @@ class TaskSpec(_Section):
     def _known_names(self) -> "TaskSpec":
         if self.dataset not in DATASETS and not is_factory_spec(self.dataset):
             raise ValueError(
-                f"task.dataset: unknown data set {self.dataset!r}; use one of {', '.join(DATASETS)} "
+                f"task.dataset: unknown data set {self.dataset!r}; use one of {', '.join(DATASETS.names())} "
                 "or 'package.module:factory' (your own data)"
             )
         if self.model not in MODELS and ":" not in self.model:
             raise ValueError(
-                f"task.model: unknown model {self.model!r}; use one of {', '.join(MODELS)} "
+                f"task.model: unknown model {self.model!r}; use one of {', '.join(MODELS.names())} "
                 "or 'package.module:factory'"
             )
-        if self.val_root is not None and self.dataset not in VAL_ROOT_LAYOUT:
+        reads_val = [e.name for e in DATASETS if e.val_layout]
+        if self.val_root is not None and self.dataset not in reads_val:
             own = (f"return val_x and val_y (or val) from {self.dataset} instead" if self.user_data
-                   else f"use it with {' or '.join(VAL_ROOT_LAYOUT)}, or your own data set's factory")
+                   else f"use it with {' or '.join(reads_val)}, or your own data set's factory")
             raise ValueError(f"task.val_root: {self.dataset} reads no validation split from a directory; "
                              f"remove it, or {own}")
         if self.kind == "regression":
@@ -149,6 +132,11 @@ class TaskSpec(_Section):
     def user_data(self) -> bool:
         """True when the data set is the user's own ``package.module:factory``."""
         return self.dataset not in DATASETS
+
+
+def _builtin_kind(dataset: Any) -> str | None:
+    """The kind of task of a registered data set (None: not one, your own data)."""
+    return DATASETS.get(dataset).kind if isinstance(dataset, str) and dataset in DATASETS else None
 
 
 def is_factory_spec(text: str) -> bool:

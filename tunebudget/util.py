@@ -7,6 +7,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tunebudget.factory import check_importable  # noqa: F401  (moved to factory.py; sweep.preflight imports it here)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename: all or nothing.
@@ -94,37 +96,3 @@ def check_writable_dir(path: Path, what: str) -> None:
                 p.rmdir()
             except OSError:
                 pass
-
-
-#: How to make a user's ``package.module:factory`` importable (models and data sets).
-IMPORT_FIX = ("make the module importable: run from the directory that holds it, or add that directory "
-              "to PYTHONPATH (or pip install its package)")
-
-
-def with_working_dir_on_path() -> None:
-    """``python -m tunebudget`` puts the working directory first on sys.path, the ``tunebudget``
-    console script does not: look there too (last, so it shadows nothing installed)."""
-    import sys
-
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.append(here)
-
-
-def check_importable(spec: str, field: str) -> None:
-    """Raise TuneBudgetError when the module of ``package.module:factory`` cannot be found, without
-    importing it (the sweep's driver stays free of torch and of the user's import side effects)."""
-    import importlib.util
-
-    from tunebudget.errors import TuneBudgetError
-
-    module = spec.partition(":")[0]
-    with_working_dir_on_path()
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError) as exc:  # a parent package that is missing or fails to import
-        found, why = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    else:
-        why = f"No module named {module!r}"
-    if not found:
-        raise TuneBudgetError(f"{field}: cannot import {spec!r} ({why}); {IMPORT_FIX}")

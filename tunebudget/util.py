@@ -7,8 +7,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tunebudget.factory import check_importable  # noqa: F401  (moved to factory.py; sweep.preflight imports it here)
-
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename: all or nothing.

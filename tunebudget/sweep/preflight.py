@@ -13,7 +13,8 @@ from typing import Any
 from tunebudget.errors import TuneBudgetError
 from tunebudget.sweep.plan import Plan
 from tunebudget.tracking import Tracker
-from tunebudget.util import check_importable, check_writable_dir
+from tunebudget.factory import check_importable
+from tunebudget.util import check_writable_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ A **scorer** turns what the trainer saw of some samples (their ids, inputs, labe
 needs them, the main model's logits and per-sample losses) into importance scores, higher =
 more important. It may keep state (per-sample ids, a holdout model), learn from every training
 step (:meth:`Scorer.update`) and spend budget once before training (:meth:`Scorer.prepare`),
-through the :class:`Fitter` the trainer hands it: everything it does is charged to the budget.
+through the :class:`Fitter` it is handed (:class:`tunebudget.selection.fit.HelperModels`, built from
+the :class:`Passes` the trainer lends): everything it does is charged to the budget.
 
 A **strategy** turns the scores of all samples into an :class:`EpochPlan`: the index tensor of
 one epoch, optional per-sample loss weights, and, for online selection, the share of each

@@ -37,15 +37,13 @@ class Learner:
                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         self.forward, self.optimizer, self.loss = forward, optimizer, loss
 
-    def step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the batch ``(x, target)`` (with grad, whatever the caller's mode);
-        the batch's loss before the step (detached: reading it is the caller's sync)."""
+    def step(self, x: torch.Tensor, target: torch.Tensor) -> None:
+        """One optimizer step on the batch ``(x, target)`` (with grad, whatever the caller's mode)."""
         with torch.enable_grad():
             loss = self.loss(self.forward(x), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        return loss.detach()
 
 
 def fit_within(learner: Learner, split: "Split", clock: BudgetClock, batch_size: int, lr: float,

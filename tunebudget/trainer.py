@@ -9,8 +9,10 @@ the selection phase changed → maybe validate (clock paused) → set the LR fro
 selection: score the candidates, keep the best) → forward, backward, step → let the scorer learn
 and record the scores the forward pass produced → tick the clock.
 
-The trainer knows scorers and strategies only through their protocols
-(:mod:`tunebudget.selection.base`): which one runs is the policy's business.
+The selection rules (the holdout carve, when to rescore, the online choice, the scorer's helper
+models) live in the selection layer: the trainer asks
+:class:`tunebudget.selection.SampleSelection` for an epoch's plan or a step's choice and lends
+it its model's passes and the clock; which scorer runs is the policy's business.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -33,10 +35,9 @@ from tunebudget.budget import BudgetClock
 from tunebudget.data import DataBundle, Split, augment_batch, load_data
 from tunebudget.errors import TuneBudgetError
 from tunebudget.models import build_model, count_parameters, final_linear
-from tunebudget.policy import BudgetPolicy, BudgetSpec
-from tunebudget.registry import SCORERS
+from tunebudget.policy import BudgetPolicy, BudgetSpec, TrainingSpec
 from tunebudget.schedules import lr_multiplier
-from tunebudget.selection import Batch, EpochPlan, Scorer, ScoringContext, Selector, build_scorer
+from tunebudget.selection import EpochPlan, Passes, SampleSelection, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,7 @@ class _Stats:
         self.loss_count = 0
         self.steps = 0
         self.epochs = 0
-        self.candidates = 0  # samples scored by online selection's candidate passes
         self.mislabelled = torch.zeros((), dtype=torch.long, device=device)  # trained samples a noise regime changed
-        self.selection_seconds = 0.0
         self.share = 1.0
 
     def train_loss(self) -> float:
@@ -132,19 +131,6 @@ class _Stats:
         self.loss_sum.zero_()
         self.loss_count = 0
         return value
-
-
-def carve(split: Split, share: float, seed: int) -> tuple[Split, Optional[Split]]:
-    """Split off a random ``share`` of ``split`` (a scorer's holdout); the rest stays for training."""
-    if share <= 0:
-        return split, None
-    n = len(split)
-    k = int(round(n * share))
-    if not 1 <= k < n:
-        raise TuneBudgetError(f"selection.il_holdout: {share} of {n} training samples leaves nothing on one side; "
-                              "use a share that keeps samples on both sides, or 0")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 29)).to(split.x.device)
-    return split.subset(order[k:]), split.subset(order[:k])
 
 
 class BestWeights:
@@ -203,6 +189,119 @@ class BestWeights:
             self.model.load_state_dict(self.state)
 
 
+@dataclass
+class Spent:
+    """What a run has spent so far: the part that every validation's metrics and the final stats share."""
+
+    train_seconds: float
+    eval_seconds: float
+    scoring_seconds: float
+    scoring_share: float
+    il_seconds: float
+    selection_seconds: float
+    samples_seen: int
+    candidates_scored: int
+    distinct_samples: int
+    throughput: float
+
+    @classmethod
+    def now(cls, clock: BudgetClock, selection: SampleSelection, seen: torch.Tensor) -> "Spent":
+        train_s, scoring_s = clock.train_seconds(), clock.scoring_seconds
+        return cls(train_seconds=train_s, eval_seconds=clock.eval_seconds, scoring_seconds=scoring_s,
+                   scoring_share=scoring_s / train_s if train_s > 0 else 0.0, il_seconds=clock.seconds_in("il"),
+                   selection_seconds=selection.seconds, samples_seen=clock.samples_trained,
+                   candidates_scored=selection.candidates, distinct_samples=int(seen.sum()),  # sync point
+                   throughput=clock.samples_trained / train_s if train_s > 0 else 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def build_optimizer(model: nn.Module, t: TrainingSpec, device: torch.device) -> torch.optim.Optimizer:
+    """The policy's optimizer over ``model`` (no weight decay on biases and norms; fused on a GPU)."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **fused)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
+
+
+def build_clock(budget: BudgetSpec, device: torch.device) -> BudgetClock:
+    """The budget clock; on a GPU it waits for the device every SYNC_EVERY steps and times with events."""
+    if device.type != "cuda":
+        return BudgetClock(budget)
+    return BudgetClock(budget, sync=torch.cuda.synchronize, sync_every=SYNC_EVERY["cuda"],
+                       event=lambda: torch.cuda.Event(enable_timing=True))
+
+
+def warm_compiled(model: nn.Module, train: Split, batch_size: int, chunk: int,
+                  forward: Callable[[torch.Tensor, nn.Module], torch.Tensor],
+                  loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[nn.Module, float]:
+    """``torch.compile(model)``, with every graph the timed loop needs built now, before the clock;
+    and the seconds that took.
+
+    Training (forward + backward) and evaluation/scoring (forward, eval mode) are each built with
+    a dynamic batch dimension, so that an epoch's short last batch, a selected subset's odd size or
+    the last evaluation chunk never triggers a recompile inside the clock (on an H100 one such
+    recompile cost 1.3 s of a 2 s budget). The weights come back as they were.
+    """
+    t0 = time.perf_counter()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    compiled = torch.compile(model)
+    n = min(batch_size, len(train))
+    xb, yb = train.x[:n].clone(), train.y[:n]
+    torch._dynamo.maybe_mark_dynamic(xb, 0)
+    compiled.train()
+    loss(forward(xb, compiled), yb).mean().backward()
+    compiled.eval()
+    with torch.no_grad():
+        xe = train.x[: min(chunk, len(train))].clone()
+        torch._dynamo.maybe_mark_dynamic(xe, 0)
+        forward(xe, compiled)
+    compiled.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    if xb.is_cuda:
+        torch.cuda.synchronize()
+    return compiled, time.perf_counter() - t0
+
+
+def evaluate_chunks(chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], split: Split,
+                    regression: bool) -> dict[str, float]:
+    """Loss and accuracy (classification) or MSE (regression) of ``split`` from its ``(ids, logits,
+    per-sample losses)`` chunks."""
+    loss_sum, correct = 0.0, 0
+    for idx, out, losses in chunks:
+        loss_sum += float(losses.sum())
+        if not regression:
+            correct += int((out.argmax(1) == split.y[idx]).sum())
+    n = max(len(split), 1)
+    if regression:
+        return {"loss": loss_sum / n, "mse": loss_sum / n}
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+class ModelSource:
+    """A run's models: your module first (on the device), then untrained copies of it as given;
+    else the task's model, built afresh at each call. Channels-last for images on a GPU."""
+
+    def __init__(self, given: Optional[nn.Module], task: Any, data: DataBundle, device: torch.device) -> None:
+        self.given, self.template = given, copy.deepcopy(given) if given is not None else None
+        self.task, self.data, self.device = task, data, device
+
+    def __call__(self) -> nn.Module:
+        if self.given is not None:
+            model, self.given = self.given.to(self.device), None
+        elif self.template is not None:
+            model = copy.deepcopy(self.template).to(self.device)
+        else:
+            model = build_model(self.task, self.data.input_shape, self.data.num_outputs).to(self.device)
+        if self.device.type == "cuda" and self.data.is_image:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
 class BudgetTrainer:
     """Trains ``policy.task`` under ``policy.budget`` the way ``policy.selection`` says.
 
@@ -237,8 +336,6 @@ class BudgetTrainer:
         model: Optional[nn.Module] = None,
     ) -> None:
         self.policy = policy
-        self._given_model = model
-        self._model_template = copy.deepcopy(model) if model is not None else None
         self.evaluate_test = evaluate_test
         self.device = resolve_device(device)
         self.eval_chunk = EVAL_CHUNK.get(self.device.type, 1024)
@@ -251,57 +348,28 @@ class BudgetTrainer:
         self.on_eval = on_eval or (lambda m: None)
         self.on_progress = on_progress or (lambda p: None)
         self.regression = self.data.kind == "regression"
-        self.model = self._build_model()
+        self._new_model = ModelSource(model, policy.task, self.data, self.device)
+        self.model = self._new_model()
         self.head = final_linear(self.model, self.data.num_outputs)
-        self.optimizer = self._build_optimizer(self.model)
+        self.optimizer = build_optimizer(self.model, policy.training, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(policy.seed)
-        self.clock = self._build_clock()
-        self.scorer, self.train, self.holdout = self._build_scorer()
-        self.selector = Selector(policy.selection, len(self.train), self.device, self.gen)
+        self.clock = build_clock(policy.budget, self.device)
+        self.selection = SampleSelection(policy, self.data, self.gen, self.clock, self._passes(), chunk=self.eval_chunk,
+                                         head=lambda: self.head.weight.detach() if self.head is not None else None)
+        self.train, self.holdout, self.selector = self.selection.train, self.selection.holdout, self.selection.selector
         self.compile_seconds = 0.0
 
+    @property
+    def scorer(self) -> Optional[Scorer]:
+        """The policy's scorer (None for strategies that read no scores)."""
+        return self.selection.scorer
+
     # ---- set-up ---------------------------------------------------------------------------
-    def _build_model(self) -> nn.Module:
-        if self._given_model is not None:  # your module first, then untrained copies of it
-            model, self._given_model = self._given_model, None
-            model = model.to(self.device)
-        elif self._model_template is not None:
-            model = copy.deepcopy(self._model_template).to(self.device)
-        else:
-            model = build_model(self.policy.task, self.data.input_shape, self.data.num_outputs).to(self.device)
-        if self.device.type == "cuda" and self.data.is_image:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-    def _build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        t = self.policy.training
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum,
-                                   nesterov=t.nesterov and t.momentum > 0, **fused)
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), **fused)
-
-    def _build_clock(self) -> BudgetClock:
-        if self.device.type != "cuda":
-            return BudgetClock(self.policy.budget)
-        return BudgetClock(self.policy.budget, sync=torch.cuda.synchronize, sync_every=SYNC_EVERY["cuda"],
-                           event=lambda: torch.cuda.Event(enable_timing=True))
-
-    def _build_scorer(self) -> tuple[Optional[Scorer], Split, Optional[Split]]:
-        """The policy's scorer (None for strategies that read no scores) and the training split
-        the main model trains on (less the scorer's holdout, if it asks for one)."""
-        spec = self.policy.selection
-        if not spec.scores:
-            return None, self.data.train, None
-        share = SCORERS.get(spec.scorer).load().holdout_share(spec)
-        train, holdout = carve(self.data.train, share, self.policy.seed)
-        ctx = ScoringContext(spec, train, self.data.num_outputs, self.data.input_shape, self.device, self.gen,
-                             head=lambda: self.head.weight.detach() if self.head is not None else None,
-                             fitter=_ScorerModels(self), holdout=holdout)
-        return build_scorer(ctx), train, holdout
+    def _passes(self) -> Passes:
+        """What the selection layer may run: this trainer's passes, and models and optimizers like its own."""
+        return Passes(forward=self._forward, loss=self._per_sample_loss, chunks=self.forward_chunks,
+                      candidates=self._candidates, new_model=self._new_model,
+                      new_optimizer=lambda model: build_optimizer(model, self.policy.training, self.device))
 
     def _forward(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> torch.Tensor:
         model = self.model if model is None else model
@@ -316,36 +384,13 @@ class BudgetTrainer:
         return F.cross_entropy(out, y, reduction="none", label_smoothing=smoothing)
 
     def _maybe_compile(self) -> None:
-        """torch.compile and warm it up *before* the clock starts (compile time is not charged).
-
-        Every graph the timed loop needs is built here: training (forward + backward) and
-        evaluation/scoring (forward, eval mode), each with a dynamic batch dimension, so that an
-        epoch's short last batch, a selected subset's odd size or the last evaluation chunk never
-        triggers a recompile inside the clock (on an H100 one such recompile cost 1.3 s of a 2 s
-        budget). The timed loop then runs with the ``eager_on_recompile`` stance: a shape nobody
-        foresaw runs eagerly rather than compiling on the budget's time.
-        """
-        if not self.policy.training.compile:
-            return
-        t0 = time.perf_counter()
-        state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model = torch.compile(self.model)
-        train = self.train
-        n = min(self.policy.training.batch_size, len(train))
-        xb, yb = train.x[:n].clone(), train.y[:n]
-        torch._dynamo.maybe_mark_dynamic(xb, 0)
-        self.model.train()
-        self._per_sample_loss(self._forward(xb), yb).mean().backward()
-        self.model.eval()
-        with torch.no_grad():
-            xe = train.x[: min(self.eval_chunk, len(train))].clone()
-            torch._dynamo.maybe_mark_dynamic(xe, 0)
-            self._forward(xe)
-        self.model.zero_grad(set_to_none=True)
-        getattr(self.model, "_orig_mod", self.model).load_state_dict(state)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.compile_seconds = time.perf_counter() - t0
+        """torch.compile and warm it up *before* the clock starts (compile time is not charged); the
+        timed loop then runs with the ``eager_on_recompile`` stance: a shape nobody foresaw runs
+        eagerly rather than compiling on the budget's time (see :func:`warm_compiled`)."""
+        if self.policy.training.compile:
+            self.model, self.compile_seconds = warm_compiled(
+                self.model, self.train, self.policy.training.batch_size, self.eval_chunk, self._forward,
+                self._per_sample_loss)
 
     def _timed_stance(self):
         """The compiler's stance inside the clock: no compiling on the budget's time."""
@@ -368,58 +413,17 @@ class BudgetTrainer:
         finally:
             model.train(was_training)
 
+    def _candidates(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and per-sample losses of online selection's candidates, in eval mode."""
+        self.model.eval()
+        logits = self._forward(x)
+        losses = self._per_sample_loss(logits, y)
+        self.model.train()
+        return logits, losses
+
     def evaluate(self, split: Split) -> dict[str, float]:
         """Loss and accuracy (classification) or MSE (regression) on a split, in eval mode."""
-        loss_sum, correct = 0.0, 0
-        for idx, out, losses in self.forward_chunks(split):
-            loss_sum += float(losses.sum())
-            if not self.regression:
-                correct += int((out.argmax(1) == split.y[idx]).sum())
-        n = max(len(split), 1)
-        if self.regression:
-            return {"loss": loss_sum / n, "mse": loss_sum / n}
-        return {"loss": loss_sum / n, "accuracy": correct / n}
-
-    def _refresh_scores(self) -> None:
-        """Fresh scores of every training sample (charged): a forward-only pass of the main model,
-        or the scorer alone when it needs none."""
-        assert self.scorer is not None
-        train = self.train
-        with self.clock.scoring():
-            if self.scorer.needs_forward:
-                for idx, out, losses in self.forward_chunks(train):
-                    self.selector.observe(idx, self.scorer.score(Batch(idx, train.x[idx], train.y[idx], out, losses)))
-                self.clock.charge_scoring(len(train))
-            else:
-                for idx in torch.arange(len(train), device=self.device).split(self.eval_chunk):
-                    self.selector.observe(idx, self.scorer.score(Batch(idx, train.x[idx], train.y[idx])))
-
-    def _rescore_due(self, p: float) -> bool:
-        """Fresh scores of all samples before this epoch: when a re-rank is due and either the
-        policy asks for a scoring pass, the scorer refreshes cheaply, or ``ratio: auto`` is about to
-        estimate the noise rate from them."""
-        if self.scorer is None or not self.selector.needs_rescore(p):
-            return False
-        # ratio auto estimates the noise from fresh losses: an epoch's training losses mix early, poor models'
-        return self.policy.selection.rescore or self.scorer.cheap_refresh or self.selector.estimating
-
-    @torch.no_grad()
-    def _choose_online(self, cand: torch.Tensor, share: float, stats: _Stats) -> torch.Tensor:
-        """Online selection: score the candidates with a forward-only pass (charged) and keep the best."""
-        assert self.scorer is not None
-        k = min(self.policy.training.batch_size, max(1, math.ceil(cand.numel() * share)))
-        train = self.train
-        with self.clock.scoring():
-            batch = Batch(cand, train.x[cand], train.y[cand])
-            if self.scorer.needs_forward:
-                self.model.eval()
-                batch.logits = self._forward(batch.x)
-                batch.losses = self._per_sample_loss(batch.logits, batch.y)
-                self.model.train()
-                self.clock.charge_scoring(cand.numel())
-            chosen = self.selector.choose(cand, self.scorer.score(batch), k)
-        stats.candidates += cand.numel()
-        return chosen
+        return evaluate_chunks(self.forward_chunks(split), split, self.regression)
 
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -431,30 +435,19 @@ class BudgetTrainer:
         history: list[dict[str, Any]] = []
         evals = _EvalSchedule(self.policy.budget.eval_every)
         self.clock.start()
-        if self.scorer is not None:
-            with self.clock.charged("il"):
-                self.scorer.prepare()
+        self.selection.prepare()
         status = "completed"
         with self._timed_stance():
             while status == "completed" and not self.clock.exhausted():
-                plan = self._plan_epoch(stats)
+                plan = self.selection.plan(self.clock.progress())
+                stats.share = plan.share
+                stats.epochs += 1
                 status = self._run_epoch(plan, stats, evals, history)
         self.clock.stop()
         self.on_progress(self.clock.progress())
         if status == "completed" or status == "stopped":
             history.append(self._validate(stats, final=True))
         return self._finish(status, stats, history)
-
-    def _plan_epoch(self, stats: _Stats) -> EpochPlan:
-        p = self.clock.progress()
-        if self._rescore_due(p):
-            self._refresh_scores()
-        t0 = time.perf_counter()
-        plan = self.selector.plan(p)
-        stats.selection_seconds += time.perf_counter() - t0
-        stats.share = plan.share
-        stats.epochs += 1
-        return plan
 
     def _run_epoch(self, plan: EpochPlan, stats: _Stats, evals: "_EvalSchedule", history: list) -> str:
         t = self.policy.training
@@ -472,9 +465,11 @@ class BudgetTrainer:
                     return "stopped"
                 if not math.isfinite(metrics["train_loss"]):
                     return "diverged"
-            self._set_lr(lr_multiplier(t.schedule, p, t.lr_warmup) * t.lr)
+            lr = lr_multiplier(t.schedule, p, t.lr_warmup) * t.lr
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             if plan.online:
-                idx = self._choose_online(idx, plan.share, stats)
+                idx = self.selection.choose(idx, plan.share)
             loss = self._step(idx, None if plan.online else plan.weights, smoothing, stats)
             if not math.isfinite(loss):
                 return "diverged"
@@ -493,10 +488,7 @@ class BudgetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.scorer is not None:
-            batch = Batch(idx, xb, yb, out.detach(), losses.detach())
-            self.scorer.update(batch)
-            self.selector.observe(idx, self.scorer.score(batch))
+        self.selection.learn(idx, xb, yb, out, losses)
         stats.seen[idx] = True
         if self.train.noisy is not None:
             stats.mislabelled += self.train.noisy[idx].sum()
@@ -509,10 +501,7 @@ class BudgetTrainer:
         every = SYNC_EVERY.get(self.device.type, 1)
         return float(loss.detach()) if every == 1 or stats.steps % every == 0 else 0.0
 
-    def _set_lr(self, lr: float, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        for group in (optimizer or self.optimizer).param_groups:
-            group["lr"] = lr
-
+    # ---- what a run reports -----------------------------------------------------------------
     def _validate(self, stats: _Stats, final: bool = False) -> dict[str, Any]:
         train_loss = stats.train_loss()
         split, k = self.data.val, self.policy.budget.eval_samples
@@ -522,26 +511,10 @@ class BudgetTrainer:
             val = self.evaluate(split)
             kept = self.best is not None and self.best.offer(
                 {"progress": self.clock.progress(), "step": stats.steps, **{f"val_{k}": v for k, v in val.items()}})
-        train_s = self.clock.train_seconds()
-        scoring_s = self.clock.scoring_seconds
-        metrics = {
-            "progress": self.clock.progress(),
-            "train_seconds": train_s,
-            "eval_seconds": self.clock.eval_seconds,
-            "scoring_seconds": scoring_s,
-            "scoring_share": scoring_s / train_s if train_s > 0 else 0.0,
-            "il_seconds": self.clock.seconds_in("il"),
-            "selection_seconds": stats.selection_seconds,
-            "train_loss": train_loss,
-            "samples_seen": self.clock.samples_trained,
-            "candidates_scored": stats.candidates,
-            "distinct_samples": int(stats.seen.sum()),
-            "kept_share": stats.share,
-            "epoch": stats.epochs,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "throughput": self.clock.samples_trained / train_s if train_s > 0 else 0.0,
-            "final": final,
-        }
+        spent = Spent.now(self.clock, self.selection, stats.seen)
+        metrics = {"progress": self.clock.progress(), **spent.as_dict(), "train_loss": train_loss,
+                   "kept_share": stats.share, "epoch": stats.epochs, "lr": self.optimizer.param_groups[0]["lr"],
+                   "final": final}
         if self.best is not None:
             metrics["kept"] = kept
         metrics.update({f"val_{k}": v for k, v in val.items()})
@@ -555,96 +528,45 @@ class BudgetTrainer:
         t0 = time.perf_counter()
         test = self.evaluate(self.data.test) if status != "diverged" and self.evaluate_test else {}
         test_seconds = time.perf_counter() - t0
-        train_s = self.clock.train_seconds()
-        scoring_s = self.clock.scoring_seconds
-        budget = self.policy.budget
-        result_stats = {
-            "limit": budget.kind,
-            "budget_seconds": budget.seconds,
-            "budget_samples": budget.samples,
-            "budget_use": budget.use,
-            "unspent_share": self.clock.unspent_share(),
-            "train_seconds": train_s,
-            "overshoot_seconds": self.clock.overshoot_seconds(),
-            "eval_seconds": self.clock.eval_seconds,
-            "test_seconds": test_seconds,
-            "scoring_seconds": scoring_s,
-            "scoring_share": scoring_s / train_s if train_s > 0 else 0.0,
-            "il_seconds": self.clock.seconds_in("il"),
-            "selection_seconds": stats.selection_seconds,
-            "compile_seconds": self.compile_seconds,
-            "samples_seen": self.clock.samples_trained,
-            "sample_passes_charged": self.clock.samples_used,
-            "candidates_scored": stats.candidates,
-            "distinct_samples": int(stats.seen.sum()),
-            "mislabelled_share": (int(stats.mislabelled) / max(self.clock.samples_trained, 1)
-                                  if self.train.noisy is not None else None),
-            "noise_estimate": self.selector.noise_estimate,
+        spent = Spent.now(self.clock, self.selection, stats.seen)
+        result_stats = {**budget_stats(self.policy.budget, self.clock), **spent.as_dict(), "test_seconds": test_seconds,
+                        "compile_seconds": self.compile_seconds, **self._run_stats(stats),
+                        **keep_best_stats(self.best)}
+        return TrainResult(status, self.policy, test, val, history, result_stats, model=self.model, data=self.data)
+
+    def _run_stats(self, stats: _Stats) -> dict[str, Any]:
+        noisy = self.train.noisy is not None
+        return {
+            "mislabelled_share": int(stats.mislabelled) / max(self.clock.samples_trained, 1) if noisy else None,
+            "noise_estimate": self.selection.noise_estimate,
             "train_size": len(self.train),
             "val_size": len(self.data.val),
             "val_source": self.data.val_source,
             "holdout_size": len(self.holdout) if self.holdout is not None else 0,
             "steps": stats.steps,
             "epochs": stats.epochs,
-            "device_syncs": self.clock.syncs,
-            "throughput": self.clock.samples_trained / train_s if train_s > 0 else 0.0,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "parameters": count_parameters(self.model),
             "policy_digest": self.policy.digest(),
         }
-        result_stats.update(self._keep_best_stats())
-        return TrainResult(status, self.policy, test, val, history, result_stats, model=self.model, data=self.data)
-
-    def _keep_best_stats(self) -> dict[str, Any]:
-        if self.best is None:
-            return {}
-        kept = self.best.metrics
-        return {"kept_progress": kept.get("progress"), "kept_step": kept.get("step"),
-                "keep_best_bytes": self.best.nbytes, "keep_best_seconds": self.best.seconds,
-                "keep_best_copies": self.best.copies}
 
 
-class _ScorerModels:
-    """The trainer's :class:`~tunebudget.selection.base.Fitter`: models a scorer trains for itself
-    (the reducible scorer's irreducible-loss models), on the run's budget.
+def budget_stats(budget: BudgetSpec, clock: BudgetClock) -> dict[str, Any]:
+    """The budget a run was given and how it was spent, beyond :class:`Spent`."""
+    return {"limit": budget.kind, "budget_seconds": budget.seconds, "budget_samples": budget.samples,
+            "budget_use": budget.use, "unspent_share": clock.unspent_share(),
+            "overshoot_seconds": clock.overshoot_seconds(), "sample_passes_charged": clock.samples_used,
+            "device_syncs": clock.syncs}
 
-    A model has the task's architecture and the policy's optimizer, learning rate and batch size,
-    with the LR decaying linearly to zero over its own share of the budget (wall-clock seconds or
-    sample passes, the kind the run uses). Its sample passes are charged to the run's budget.
-    """
 
-    def __init__(self, trainer: BudgetTrainer) -> None:
-        self.t = trainer
-
-    def fit(self, split: Split, share: float) -> nn.Module:
-        t, spec = self.t, self.t.policy.budget
-        sub = BudgetClock(BudgetSpec(seconds=spec.seconds * share if spec.seconds else None,
-                                     samples=spec.samples * share if spec.samples else None,
-                                     scoring_cost=spec.scoring_cost, use=spec.use))
-        model = t._build_model()
-        model.train()
-        opt = t._build_optimizer(model)
-        bs = t.policy.training.batch_size
-        sub.start()
-        while not sub.exhausted():
-            for idx in torch.randperm(len(split), device=t.device, generator=t.gen).split(bs):
-                p = sub.progress()
-                if p >= 1.0:
-                    break
-                t._set_lr(lr_multiplier("linear", p) * t.policy.training.lr, opt)
-                loss = t._per_sample_loss(t._forward(split.x[idx], model), split.y[idx]).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sub.charge(idx.numel())
-        t.clock.charge_passes(sub.samples_used)
-        return model
-
-    def losses(self, model: nn.Module, split: Split) -> torch.Tensor:
-        out = torch.cat([losses.float() for _, _, losses in self.t.forward_chunks(split, model)])
-        self.t.clock.charge_scoring(len(split))
-        return out
+def keep_best_stats(best: Optional[BestWeights]) -> dict[str, Any]:
+    """What ``training.keep_best`` kept and what keeping it cost (nothing without it)."""
+    if best is None:
+        return {}
+    kept = best.metrics
+    return {"kept_progress": kept.get("progress"), "kept_step": kept.get("step"), "keep_best_bytes": best.nbytes,
+            "keep_best_seconds": best.seconds, "keep_best_copies": best.copies}
 
 
 class _EvalSchedule:

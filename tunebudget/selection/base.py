@@ -4,7 +4,8 @@ A **scorer** turns what the trainer saw of some samples (their ids, inputs, labe
 needs them, the main model's logits and per-sample losses) into importance scores, higher =
 more important. It may keep state (per-sample ids, a holdout model), learn from every training
 step (:meth:`Scorer.update`) and spend budget once before training (:meth:`Scorer.prepare`),
-through the :class:`Fitter` the trainer hands it: everything it does is charged to the budget.
+through the :class:`Fitter` it is handed (:class:`tunebudget.selection.fit.HelperModels`, built from
+the :class:`Passes` the trainer lends): everything it does is charged to the budget.
 
 A **strategy** turns the scores of all samples into an :class:`EpochPlan`: the index tensor of
 one epoch, optional per-sample loss weights, and, for online selection, the share of each
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator, Optional, Protocol
 
 import torch
 
@@ -41,8 +42,32 @@ class Batch:
     losses: Optional[torch.Tensor] = None
 
 
+@dataclass(frozen=True)
+class Passes:
+    """What the trainer lends the selection layer: its model's passes, never the model itself.
+
+    Attributes:
+        forward: ``forward(x, model=None)``: logits of the main model (or of ``model``), in float.
+        loss: ``loss(logits, targets)``: per-sample losses (no label smoothing).
+        chunks: ``chunks(split, model=None)``: ``(ids, logits, per-sample losses)`` of ``split``
+            chunk by chunk, in eval mode and without grad.
+        candidates: ``candidates(x, y)``: ``(logits, per-sample losses)`` of the main model in
+            eval mode (online selection's candidate pass; the caller holds no grad).
+        new_model: an untrained model like the main one (a helper model's start).
+        new_optimizer: ``new_optimizer(model)``: the policy's optimizer over ``model``.
+    """
+
+    forward: Callable[..., torch.Tensor]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    chunks: Callable[..., Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    candidates: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    new_model: Callable[[], torch.nn.Module]
+    new_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+
+
 class Fitter(Protocol):
-    """What the trainer offers a scorer that trains models of its own (all of it charged)."""
+    """What a scorer that trains models of its own is handed (all of it charged):
+    :class:`tunebudget.selection.fit.HelperModels` in the trainer."""
 
     def fit(self, split: "Split", share: float) -> torch.nn.Module:
         """A fresh model of the task's architecture trained on ``split`` for ``share`` of the budget."""

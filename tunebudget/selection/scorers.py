@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tunebudget.selection.base import Batch, Scorer, ScoringContext
+from tunebudget.selection.fit import Learner
 
 
 def margin_scores(logits: torch.Tensor, head_weight: Optional[torch.Tensor]) -> torch.Tensor:
@@ -137,6 +138,7 @@ class Assistant:
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
         self.opt = torch.optim.SGD(self.linear.parameters(), lr=lr, momentum=0.9)
+        self.learner = Learner(lambda f: self.linear(f).squeeze(1), self.opt, F.binary_cross_entropy_with_logits)
         self.mean_loss: Optional[torch.Tensor] = None
 
     def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,12 +155,7 @@ class Assistant:
         batch_mean = losses.mean()
         self.mean_loss = batch_mean if self.mean_loss is None else 0.9 * self.mean_loss + 0.1 * batch_mean
         target = (losses > self.mean_loss).float()
-        with torch.enable_grad():
-            logits = self.linear(self.features(x, y)).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, target)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+        self.learner.step(self.features(x, y), target)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> torch.Tensor:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 import yaml
@@ -26,10 +26,10 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 NAME = "retried"
 
 
-def space_file(tmp: Path, trials: int, samples: float) -> Path:
+def space_file(tmp: Path, trials: int, samples: float, **sweep) -> Path:
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
     data["budget"] = {"seconds": None, "samples": samples, "eval_every": 0.25}
-    data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0})
+    data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0, **sweep})
     path = tmp / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -75,14 +75,15 @@ def kill_mid_search(cmd: list[str], tmp: Path, env: dict, started: Callable[[], 
     assert proc.returncode == -signal.SIGKILL
 
 
-def assert_each_trial_logged_once(tmp: Path, expected: int) -> list:
+def assert_each_trial_logged_once(tmp: Path, expected: Optional[int]) -> list:
     runs = runs_of(tmp)
     parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", [(r.info.run_name, r.info.status)
                                                                            for r in parents]
     search = [r for r in runs if r.data.tags.get("stage") == "search"]
     trial_ids = [r.data.tags["trial_id"] for r in search]
-    assert len(trial_ids) == len(set(trial_ids)) == expected, sorted(trial_ids)
+    assert len(trial_ids) == len(set(trial_ids)), sorted(trial_ids)
+    assert expected is None or len(trial_ids) == expected, sorted(trial_ids)
     assert all(r.info.status == "FINISHED" for r in search)
     assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in search)
     return runs
@@ -102,19 +103,20 @@ def test_resume_or_start_refuses_resume_and_a_missing_name_in_one_line(tmp_path)
 
 
 def test_a_killed_sweep_rerun_with_the_same_command_resumes_and_a_finished_one_exits_0(tmp_path):
-    space = space_file(tmp_path, trials=4, samples=12000)
+    """With restart halving (its own searcher; the s3 test below kills a full-budget search)."""
+    space = space_file(tmp_path, trials=2, samples=6000, fidelity="restart")
     argv = ["sweep", str(space), "--name", NAME, "--resume-or-start", "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     state = tmp_path / "ray_results" / NAME / "tunebudget_sweep.json"
     kill_mid_search([sys.executable, "-m", "tunebudget", *argv], tmp_path, env, state.is_file)
     before = {r.data.tags["trial_id"]: r.info.run_id for r in runs_of(tmp_path)
               if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
-    assert 2 <= len(before) < 4 + 2
+    assert len(before) >= 2
 
     again = run_cli(*argv, cwd=tmp_path, timeout=900)  # the retry: the very same command line
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Verdict" in again.stdout
-    runs = assert_each_trial_logged_once(tmp_path, 4 + 2)
+    runs = assert_each_trial_logged_once(tmp_path, None)  # restart: as many trials as the compute bought
     for trial_id, run_id in before.items():  # what had finished was kept, not run and logged again
         assert {r.info.run_id for r in runs if r.data.tags.get("trial_id") == trial_id} == {run_id}
 
@@ -266,10 +268,48 @@ def test_the_object_store_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s
 
 def test_storage_uris_pyarrow_cannot_open_are_one_line(tmp_path):
     space = space_file(tmp_path, trials=2, samples=1000)
-    for uri, fragment in (("nosuch://bucket/x", "pyarrow cannot open it"), ("s3://", "name a bucket")):
+    for uri, fragment in (("nosuch://bucket/x", "pyarrow cannot open it"), ("s3://", "name a bucket"),
+                          ("s3://sweeps/", "name a bucket and a prefix")):
         proc = run_cli("sweep", str(space), "--storage-path", uri, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.startswith(f"tunebudget: error: --storage-path {uri}") and proc.stderr.count("\n") == 1, \
             proc.stderr
         assert fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlflow").exists()
+
+
+def test_each_nodes_probe_reads_the_marker_object_as_tune_will(s3, monkeypatch):
+    """The multi-node shared-storage check's per-node probe, on an object: pyarrow with the node's own
+    settings (here the endpoint given in the URI's query, not in the environment)."""
+    from tunebudget.cluster import _probe
+    from tunebudget.sweep.store import location
+
+    client, env = s3
+    endpoint = env["AWS_ENDPOINT_URL"].removeprefix("http://")
+    client.put_object(Bucket=BUCKET, Key="probe/marker", Body=b"token-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    uri = f"s3://{BUCKET}/probe?endpoint_override={endpoint}&scheme=http"
+    marker = location(uri) / "marker"
+    assert str(marker) == f"s3://{BUCKET}/probe/marker?endpoint_override={endpoint}&scheme=http"
+    assert marker.read_text() == "token-1"
+    assert _probe(str(marker), "token-1")["visible"]
+    assert not _probe(str(marker), "another token")["visible"]
+    assert not _probe(str(location(uri) / "missing"), "token-1")["visible"]
+
+
+def test_resume_or_start_refuses_a_failed_sweep_in_one_line(tmp_path):
+    """A failed sweep is not run again by a retry: exit 2, one line, nothing started."""
+    import json
+
+    space = space_file(tmp_path, trials=2, samples=1000)
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, make_plan
+    from dataclasses import asdict
+
+    plan = make_plan(load_space(space), SweepOptions(name=NAME, storage_path=str(tmp_path / "ray_results")))
+    plan.root.mkdir(parents=True)
+    (plan.root / "tunebudget_sweep.json").write_text(json.dumps({"plan": asdict(plan), "stage": "failed"}))
+    proc = run_cli("sweep", str(space), "--name", NAME, "--resume-or-start", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"tunebudget: error: --resume-or-start --name {NAME}: that sweep failed")
     assert not (tmp_path / "mlflow").exists()

@@ -61,7 +61,7 @@ def normalize(raw: str, flag: str = "--storage-path") -> str:
         return str(Path(head[len("file://"):] or "/").expanduser().resolve())
     scheme, _, rest = head.partition("://")
     rest = rest.strip("/")
-    if not rest:
+    if "/" not in rest:  # a bucket alone (or nothing): the sweeps would sit at its top, next to anyone's
         raise TuneBudgetError(f"{flag} {raw}: name a bucket and a prefix, e.g. {scheme}://my-bucket/tunebudget")
     return f"{scheme}://{rest}{sep}{query}"
 

@@ -85,6 +85,10 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
     # driver memory) to write event files nobody reads: MLflow holds the metrics. Set for restored
     # stages too (Tuner.restore brings back the callbacks of _run_config, not this setting).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune snapshots the experiment every >= 10 s by default: a driver killed outright (SIGKILL, a lost
+    # pod) then loses the trials started since, and the resume runs and logs them again under new
+    # ids. Every second, a trial is in the snapshot (by its id) before it can finish.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     INTERRUPTED.clear()
     previous_term = _sigterm_as_interrupt()
     sweep = Sweep(plan, space, opts, tracker, state)

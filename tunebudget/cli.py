@@ -127,9 +127,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     from tunebudget.sweep import SweepInterrupted, SweepOptions, run_sweep
+    from tunebudget.sweep.resume import SweepFinished
 
     try:
         outcome = run_sweep(space, SweepOptions.from_args(args))
+    except SweepFinished as done:  # --resume-or-start after the sweep finished (a job retried after success)
+        store = f" --tracking-uri {shlex.quote(args.tracking_uri)}" if args.tracking_uri else ""
+        print(f"sweep {done.name} has finished (parent run {done.parent_id}, experiment {done.experiment}); "
+              f"nothing to run. Export it with: tunebudget export {shlex.quote(done.experiment)} -o best_policy.yaml"
+              f"{store}")
+        return 0
     except SweepInterrupted as exc:
         print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
               f"tunebudget sweep {shlex.quote(args.space)} --resume --name {exc}", file=sys.stderr)

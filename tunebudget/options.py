@@ -73,6 +73,9 @@ class SweepOptions:
     max_failures: Optional[int] = _opt("--max-failures", int, "retries of a trial whose worker fails "
                                        f"({_FILE.format('max_failures', 1)})", spec="max_failures")
     resume: bool = _switch("--resume", "continue this space's latest interrupted sweep (or --name)")
+    resume_or_start: bool = _switch(
+        "--resume-or-start", "with --name: continue that sweep if it exists under --storage-path, else start it; "
+        "a finished one exits 0 and runs nothing (for job retries: a RayJob's, a Slurm requeue)")
     name: Optional[str] = _opt("--name", str, "sweep name (Ray experiment directory and Optuna study); default: "
                                "space-timestamp")
     seed: Optional[int] = _opt("--seed", int, "seed of the sampler and of the base policy", spec="seed")

@@ -28,7 +28,7 @@ from tunebudget.sweep.plan import (
     trial_slots,
 )
 from tunebudget.sweep.preflight import preflight
-from tunebudget.sweep.resume import as_json, read_state, resume_plan, save_state, sweep_lock
+from tunebudget.sweep.resume import as_json, read_state, resume_or_start, resume_plan, save_state, sweep_lock
 from tunebudget.sweep.stages import (
     SweepInterrupted,
     fail_parent,
@@ -70,6 +70,8 @@ def run_sweep(space: SearchSpace, opts: SweepOptions) -> SweepOutcome:
 
     from tunebudget.progress import err_console, starting
 
+    if opts.resume_or_start:
+        opts = resume_or_start(space, opts)  # raises SweepFinished once it has finished: nothing to run
     if opts.resume:
         plan, state = resume_plan(space, opts)
     else:

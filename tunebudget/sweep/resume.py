@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import shlex
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -84,6 +84,40 @@ def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
         raise TuneBudgetError(f"--resume: no unfinished sweep of {space_name!r} under {storage}; "
                               "start a new one without --resume (or give --name / --storage-path)")
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+class SweepFinished(Exception):
+    """``--resume-or-start`` found its sweep finished: nothing to run, nothing logged (exit 0)."""
+
+    def __init__(self, name: str, experiment: str, parent_id: str) -> None:
+        super().__init__(name)
+        self.name, self.experiment, self.parent_id = name, experiment, parent_id
+
+
+def resume_or_start(space: SearchSpace, opts: SweepOptions) -> SweepOptions:
+    """``--resume-or-start``: the options of a resume when sweep ``--name`` exists, else of a start.
+
+    What a job retry needs (a RayJob's ``backoffLimit``, a Slurm requeue, the same command run again):
+    one command line that continues the sweep it started (same name, Optuna study and parent run)
+    and, once that sweep has finished, exits 0 without running or logging anything.
+    """
+    if opts.resume:
+        raise TuneBudgetError("--resume-or-start: it already resumes a sweep that exists (and starts one that "
+                              "does not); leave out --resume")
+    if not opts.name:
+        raise TuneBudgetError("--resume-or-start: needs --name, the sweep a re-run continues (the default name "
+                              "has a timestamp in it); e.g. --name lr-sweep-1")
+    plan = make_plan(space, opts)
+    state = read_state(plan.root)
+    if state is None:
+        return replace(opts, resume=False)
+    if state.get("stage") == "finished":
+        saved = Plan(**state["plan"])
+        raise SweepFinished(saved.name, saved.experiment, str(state.get("parent_id", "")))
+    if state.get("stage") == "failed":
+        raise TuneBudgetError(f"--resume-or-start --name {plan.name}: that sweep failed (its parent run in MLflow "
+                              "says why); fix the cause and give another --name to start a new sweep")
+    return replace(opts, resume=True)
 
 
 #: Flags a resumed sweep cannot change (they define what the sweep is), by SweepOptions and Plan field.

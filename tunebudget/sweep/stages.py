@@ -113,7 +113,7 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
     """Stage 2: Optuna proposes, Tune runs; the baselines are enqueued first."""
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+    from tunebudget.sweep.searcher import ResumableOptunaSearch as OptunaSearch  # resumes after a hard kill
 
     optuna.logging.set_verbosity(optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING)
     path = plan.root / "search"

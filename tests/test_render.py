@@ -445,3 +445,184 @@ def test_rayjob_submitter_command_runs_and_a_resubmission_resumes(cli, tmp_path,
     seen = sorted((r.data.tags.get("stage"), r.data.tags.get("trial_id"), r.info.status) for r in children)
     assert len(trial_ids) == len(set(trial_ids)) == 3 + 2, (seen, out[-2500:])  # 3 searched + 2 baselines, once each
     assert {r.info.run_id for r in done_before} <= {r.info.run_id for r in search}  # kept, not run again
+
+
+# ---- the Slurm script, for real: sbatch on a single-node Slurm on this machine ------------------------
+
+def slurm_missing() -> str | None:
+    missing = [b for b in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "srun")
+               if not shutil.which(b, path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")]
+    if missing:
+        return f"Slurm is not installed (missing {', '.join(missing)}; apt-get install -y slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the single-node Slurm runs its daemons as root here"
+    return None
+
+
+class LocalSlurm:
+    """munged, slurmctld and slurmd in the foreground, in one private directory, on free loopback ports;
+    one node (this host, 2 CPUs) in one partition. stop() ends exactly these three processes."""
+
+    def __init__(self) -> None:
+        from servers import free_port
+
+        self.dir = Path(tempfile.mkdtemp(prefix="tbslurm-", dir="/tmp"))
+        self.procs: list[subprocess.Popen] = []
+        munge = self.dir / "munge"
+        munge.mkdir(mode=0o700)
+        self.socket = munge / "sock"
+        self.conf = self.dir / "slurm.conf"
+        host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+        self.conf.write_text("\n".join([
+            "ClusterName=tbtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}", "AuthType=auth/munge", f"AuthInfo=socket={self.socket}", "CredType=cred/munge",
+            "SlurmUser=root", "SlurmdUser=root", f"StateSaveLocation={self.dir / 'state'}",
+            f"SlurmdSpoolDir={self.dir / 'spool'}", f"SlurmctldPidFile={self.dir / 'ctld.pid'}",
+            f"SlurmdPidFile={self.dir / 'slurmd.pid'}", f"SlurmctldLogFile={self.dir / 'slurmctld.log'}",
+            f"SlurmdLogFile={self.dir / 'slurmd.log'}", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+            "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+            "ReturnToService=2", "MpiDefault=none", "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none", "SlurmdParameters=config_overrides", "KillWait=20",
+            f"NodeName={host} NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN",
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def _daemon(self, *argv: str) -> None:
+        log = open(self.dir / f"{Path(argv[0]).name}.out", "wb")
+        self.procs.append(subprocess.Popen(list(argv), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True))
+
+    def start(self) -> None:
+        key = self.dir / "munge" / "munge.key"
+        subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=60)
+        key.chmod(0o600)
+        self._daemon("munged", "--foreground", "--force", f"--key-file={key}", f"--socket={self.socket}",
+                     f"--pid-file={self.dir / 'munge' / 'pid'}", f"--log-file={self.dir / 'munge' / 'log'}",
+                     f"--seed-file={self.dir / 'munge' / 'seed'}")
+        wait_for(self.socket.exists, 30, "munged's socket", poll=0.2)
+        for d in ("state", "spool"):
+            (self.dir / d).mkdir()
+        self._daemon("slurmctld", "-D", "-i", "-f", str(self.conf))
+        self._daemon("slurmd", "-D", "-f", str(self.conf))
+
+        def idle() -> bool:
+            out = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True).stdout
+            return out.strip() == "idle"
+
+        wait_for(idle, 60, "the Slurm node to be idle", poll=0.5)
+
+    def scontrol(self, *args: str) -> str:
+        proc = subprocess.run(["scontrol", *args], env=self.env, capture_output=True, text=True, timeout=60)
+        return proc.stdout + proc.stderr
+
+    def job_field(self, job: str, name: str) -> str:
+        found = re.search(rf"\b{name}=(\S+)", self.scontrol("show", "job", job))
+        return found.group(1) if found else ""
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm():
+    reason = slurm_missing()
+    if reason:
+        pytest.skip(reason)
+    s = LocalSlurm()
+    try:
+        s.start()
+    except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+        s.stop()
+        pytest.skip(f"could not start a single-node Slurm here: {exc}")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def free_port_block(size: int) -> int:
+    """A port P with P..P+size-1 free on loopback now (Ray's explicit ports)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(30000, 60000 - size)
+        try:
+            socks = []
+            for port in range(base, base + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free block of ports")
+
+
+def test_slurm_script_runs_with_sbatch_and_a_requeue_continues_the_sweep(cli, tmp_path, slurm):
+    """The rendered classic-form script, run **for real** by ``sbatch`` on a single-node Slurm (slurmctld +
+    slurmd on this host): Ray's head as one background step, the sweep as the job's step on it. After the
+    first search trial is logged the job is requeued (``scontrol requeue``: its steps are signalled and
+    it starts again from the top, as on preemption); the requeued job continues the same sweep, which
+    finishes with its parent run in MLflow and each trial logged once."""
+    from mlflow.tracking import MlflowClient
+
+    ports = free_port_block(1002)  # GCS, dashboard, then --ports-from's 7 and its workers' 900
+    store = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    path, _ = render(cli, tmp_path, "slurm", "--name", "slurmed", "--cpus-per-node", "2", "--tracking-uri", store,
+                     "--storage-path", str(tmp_path / "ray_results"), "--port", str(ports), "--dashboard-port",
+                     str(ports + 1), "--ports-from", str(ports + 2), out="job.sbatch",
+                     trials=3, samples=20000)
+    token = tmp_path / "auth_token"
+    token.write_text(os.urandom(32).hex())
+    token.chmod(0o600)
+    env = {**{k: v for k, v in slurm.env.items() if not k.startswith("RAY_")},
+           "PATH": f"{BIN}{os.pathsep}{slurm.env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    sub = subprocess.run(["sbatch", "--parsable", str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    job = sub.stdout.strip().split(";")[0]
+    client = MlflowClient(store)
+
+    def search_done() -> int:
+        try:
+            return sum(r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"
+                       for r in sweep_children(client, "slurmed")[1])
+        except Exception:  # noqa: BLE001 - the store is being created by the sweep
+            return 0
+
+    try:
+        wait_for(lambda: search_done() >= 1 or slurm.job_field(job, "JobState") not in ("PENDING", "RUNNING"), 240,
+                 "the first search trial", poll=0.5)
+        assert slurm.job_field(job, "JobState") == "RUNNING", (tmp_path / f"slurmed-{job}.out").read_text()[-3000:]
+        before = search_done()
+        assert before < 5
+        assert "error" not in slurm.scontrol("requeue", job).lower()
+        wait_for(lambda: slurm.job_field(job, "Restarts") == "1" and slurm.job_field(job, "JobState") == "PENDING",
+                 120, "the requeued job", poll=0.5)
+        slurm.scontrol("update", f"JobId={job}", "StartTime=now")  # a requeued job waits out a begin time
+        wait_for(lambda: slurm.job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 300,
+                 "the requeued job to end", poll=1.0)
+        out = (tmp_path / f"slurmed-{job}.out").read_text()
+        assert slurm.job_field(job, "JobState") == "COMPLETED", out[-3000:]
+        assert "Verdict" in out
+        parents, children = sweep_children(client, "slurmed")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        search = [r for r in children if r.data.tags.get("stage") == "search"]
+        trial_ids = [r.data.tags["trial_id"] for r in search if r.info.status == "FINISHED"]
+        assert len(trial_ids) == len(set(trial_ids)) == 3 + 2
+    finally:
+        subprocess.run(["scancel", job], env=slurm.env, capture_output=True, timeout=60)
+        shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)

@@ -293,6 +293,7 @@ def test_ray_up_yaml_passes_rays_validator(cli, tmp_path):
     assert f"ray[default]=={ray.__version__}" in config["setup_commands"][0]
     assert config["file_mounts"]["~/tunebudget/space.yaml"] == str(tmp_path / "space.yaml")
     assert "--resume-or-start" in first
+    assert " ~/tunebudget/space.yaml " in first  # unquoted: the head's shell expands it
     bad = {**config, "setup_comands": config["setup_commands"]}  # Ray's schema is strict too
     with pytest.raises(Exception, match="setup_comands"):
         validate_config(prepare_config(bad))

@@ -86,6 +86,11 @@ def sweep_command(space_path: str, opts: Any, overrides: dict[str, Optional[str]
     return argv + ["--resume-or-start", "--quiet"]
 
 
+def _sh_join(argv: list[str]) -> str:
+    """shlex.join, but a leading ``~/`` stays unquoted: the remote shell expands it to the home directory."""
+    return " ".join("~/" + shlex.quote(a[2:]) if a.startswith("~/") else shlex.quote(a) for a in argv)
+
+
 def _tracking_for_multinode(uri: Optional[str], why: str) -> str:
     """The MLflow URI of a sweep whose driver is on a node that does not last (or is not the submitter's)."""
     if not uri:
@@ -463,7 +468,7 @@ def render_ray_up(args: Any, space: Any, opts: Any) -> Rendered:
                                     "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0"],
         "worker_start_ray_commands": ["ray stop", "ray start --address=$RAY_HEAD_IP:6379"],
     }
-    ray_exec = f"ray exec {args.output} {shlex.quote(shlex.join(sweep))}"
+    ray_exec = f"ray exec {args.output} {shlex.quote(_sh_join(sweep))}"
     head = _head_comment([
         f"Submit with: ray up -y {args.output} && {ray_exec}",
         f"stop it with: ray down -y {args.output}. Ray cluster launcher YAML (local provider: machines you have,",
@@ -575,7 +580,9 @@ def add_render_commands(sub: Any) -> None:
             p.add_argument("--worker-ips", metavar="IP,IP", help="the worker machines, comma-separated")
             p.add_argument("--ssh-user", help="the SSH account on every machine")
             p.add_argument("--ssh-key", help="the SSH private key (default: ssh's own)")
-        add_sweep_flags(p)
+        add_sweep_flags(p.add_argument_group(
+            "sweep options", "as tunebudget sweep's (--name required; --address, --resume and --quiet are the "
+            "file's own: it runs the sweep with --resume-or-start --quiet)"))
         p.set_defaults(func=cmd_render, target=target)
 
 

@@ -308,7 +308,7 @@ def test_shared_storage_fails_on_storage_one_node_cannot_see(cluster):
     assert message.startswith(f"--storage-path {storage}: not visible from node(s) ")
     assert cluster.worker_id[:12] in message and cluster.head_id[:12] not in message
     assert "need shared storage" in message
-    assert "://" not in message  # the sweep refuses storage URIs, so the advice never suggests one
+    assert "or an object store (s3://" in message  # the other way to share a sweep's storage
     assert storage.is_dir() and not list(storage.iterdir())  # the marker is gone, the directory stays
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 import yaml
@@ -26,10 +26,10 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 NAME = "retried"
 
 
-def space_file(tmp: Path, trials: int, samples: float) -> Path:
+def space_file(tmp: Path, trials: int, samples: float, **sweep) -> Path:
     data = yaml.safe_load((ROOT / "search_spaces/digits_mlp.yaml").read_text())
     data["budget"] = {"seconds": None, "samples": samples, "eval_every": 0.25}
-    data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0})
+    data["sweep"].update({"trials": trials, "concurrency": 2, "confirm_top": 1, "confirm_seeds": 0, **sweep})
     path = tmp / "space.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -75,14 +75,15 @@ def kill_mid_search(cmd: list[str], tmp: Path, env: dict, started: Callable[[], 
     assert proc.returncode == -signal.SIGKILL
 
 
-def assert_each_trial_logged_once(tmp: Path, expected: int) -> list:
+def assert_each_trial_logged_once(tmp: Path, expected: Optional[int]) -> list:
     runs = runs_of(tmp)
     parents = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", [(r.info.run_name, r.info.status)
                                                                            for r in parents]
     search = [r for r in runs if r.data.tags.get("stage") == "search"]
     trial_ids = [r.data.tags["trial_id"] for r in search]
-    assert len(trial_ids) == len(set(trial_ids)) == expected, sorted(trial_ids)
+    assert len(trial_ids) == len(set(trial_ids)), sorted(trial_ids)
+    assert expected is None or len(trial_ids) == expected, sorted(trial_ids)
     assert all(r.info.status == "FINISHED" for r in search)
     assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in search)
     return runs
@@ -102,19 +103,20 @@ def test_resume_or_start_refuses_resume_and_a_missing_name_in_one_line(tmp_path)
 
 
 def test_a_killed_sweep_rerun_with_the_same_command_resumes_and_a_finished_one_exits_0(tmp_path):
-    space = space_file(tmp_path, trials=4, samples=12000)
+    """With restart halving (its own searcher; the s3 test below kills a full-budget search)."""
+    space = space_file(tmp_path, trials=2, samples=6000, fidelity="restart")
     argv = ["sweep", str(space), "--name", NAME, "--resume-or-start", "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     state = tmp_path / "ray_results" / NAME / "tunebudget_sweep.json"
     kill_mid_search([sys.executable, "-m", "tunebudget", *argv], tmp_path, env, state.is_file)
     before = {r.data.tags["trial_id"]: r.info.run_id for r in runs_of(tmp_path)
               if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
-    assert 2 <= len(before) < 4 + 2
+    assert len(before) >= 2
 
     again = run_cli(*argv, cwd=tmp_path, timeout=900)  # the retry: the very same command line
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Verdict" in again.stdout
-    runs = assert_each_trial_logged_once(tmp_path, 4 + 2)
+    runs = assert_each_trial_logged_once(tmp_path, None)  # restart: as many trials as the compute bought
     for trial_id, run_id in before.items():  # what had finished was kept, not run and logged again
         assert {r.info.run_id for r in runs if r.data.tags.get("trial_id") == trial_id} == {run_id}
 
@@ -124,3 +126,190 @@ def test_a_killed_sweep_rerun_with_the_same_command_resumes_and_a_finished_one_e
     assert "Verdict" not in done.stdout
     after = runs_of(tmp_path)
     assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in runs)  # nothing new logged
+
+
+# ---- object-store storage: s3:// on moto's S3 server (loopback) -------------------------------------
+
+BUCKET = "sweeps"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a random port) with one bucket; the environment that points
+    pyarrow (Ray Tune's filesystem layer) and boto3 at it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] not installed (the dev extra has it)")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # for this process's own pyarrow and boto3 calls
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield client, env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def state_in_bucket(client, prefix: str) -> dict:
+    import json
+
+    return json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/tunebudget_sweep.json")["Body"].read())
+
+
+def test_a_sweep_on_s3_keeps_its_state_lock_and_tune_results_in_the_bucket(s3, tmp_path):
+    client, env = s3
+    space = space_file(tmp_path, trials=2, samples=3000)
+    storage = f"s3://{BUCKET}/finished"
+    proc = run_cli("sweep", str(space), "--name", "on-s3", "--storage-path", storage, "--confirm-seeds", "2",
+                   "--quiet", cwd=tmp_path, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Verdict" in proc.stdout
+    stored = keys(client, "finished/on-s3/")
+    assert "finished/on-s3/tunebudget_sweep.json" in stored
+    assert state_in_bucket(client, "finished/on-s3")["stage"] == "finished"
+    assert "finished/on-s3/.lock" not in stored  # released when the sweep ended
+    assert any(k.startswith("finished/on-s3/search/experiment_state") for k in stored)  # Tune's own files
+    assert any(k.startswith("finished/on-s3/confirm-round0/") for k in stored)
+    assert not (tmp_path / "ray_results").exists()  # nothing of the sweep's state on the local disk
+    assert (tmp_path / "mlflow" / "optuna.db").is_file()  # the Optuna study stays where its URI says
+    runs = assert_each_trial_logged_once(tmp_path, 2 + 2)
+    (parent,) = [r for r in runs if r.data.tags.get("tunebudget_role") == "sweep"]
+    assert parent.data.params["sweep.storage"] == storage
+
+    # the same command with --resume-or-start, after success: exit 0, nothing run or logged
+    again = run_cli("sweep", str(space), "--name", "on-s3", "--storage-path", storage, "--resume-or-start",
+                    "--quiet", cwd=tmp_path, env=env, timeout=300)
+    assert again.returncode == 0 and "sweep on-s3 has finished" in again.stdout, again.stderr[-3000:]
+    assert len(runs_of(tmp_path)) == len(runs)
+
+
+def test_a_sweep_on_s3_killed_and_rerun_resumes_without_logging_a_trial_twice(s3, tmp_path):
+    client, env = s3
+    space = space_file(tmp_path, trials=4, samples=12000)
+    storage = f"s3://{BUCKET}/killed"
+    argv = ["sweep", str(space), "--name", NAME, "--storage-path", storage, "--resume-or-start", "--quiet"]
+
+    def started() -> bool:
+        return f"killed/{NAME}/tunebudget_sweep.json" in keys(client, f"killed/{NAME}/")
+
+    kill_mid_search([sys.executable, "-m", "tunebudget", *argv], tmp_path,
+                    {**os.environ, **env, "PYTHONUNBUFFERED": "1"}, started)
+    assert state_in_bucket(client, f"killed/{NAME}")["stage"] == "search"
+    assert f"killed/{NAME}/.lock" in keys(client, f"killed/{NAME}/")  # the killed driver's lock is left behind
+    before = {r.data.tags["trial_id"]: r.info.run_id for r in runs_of(tmp_path)
+              if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
+
+    again = run_cli(*argv, cwd=tmp_path, env=env, timeout=900)  # its holder is gone: the lock is taken over
+    assert again.returncode == 0, again.stderr[-3000:]
+    runs = assert_each_trial_logged_once(tmp_path, 4 + 2)
+    for trial_id, run_id in before.items():
+        assert {r.info.run_id for r in runs if r.data.tags.get("trial_id") == trial_id} == {run_id}
+    assert state_in_bucket(client, f"killed/{NAME}")["stage"] == "finished"
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_resume_finds_the_latest_unfinished_sweep_in_a_bucket(s3, tmp_path):
+    """--resume without --name lists the bucket's sweeps (pyarrow) and takes this space's unfinished one."""
+    import json
+
+    from tunebudget.sweep.resume import find_resumable
+    from tunebudget.sweep.store import location
+
+    client, _ = s3
+    for name, space_name, stage in (("a", "digits_mlp", "finished"), ("b", "digits_mlp", "search"),
+                                    ("c", "other", "search")):
+        body = json.dumps({"plan": {"base": {"name": space_name}}, "stage": stage})
+        client.put_object(Bucket=BUCKET, Key=f"listing/{name}/tunebudget_sweep.json", Body=body.encode())
+    found = find_resumable(location(f"s3://{BUCKET}/listing"), "digits_mlp", None)
+    assert str(found) == f"s3://{BUCKET}/listing/b"
+
+
+def test_the_object_store_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s3, monkeypatch):
+    import json
+
+    from tunebudget.errors import TuneBudgetError
+    from tunebudget.sweep import store
+
+    client, _ = s3
+    monkeypatch.setattr(store, "HEARTBEAT", 0.3)
+    monkeypatch.setattr(store, "STALE_AFTER", 1.5)
+    monkeypatch.setattr(store, "SETTLE", 0.2)
+    root = store.location(f"s3://{BUCKET}/locks/sweep")
+    with store.object_lock(root):  # a live holder refreshes its lock: a second sweep is refused
+        held = json.loads(client.get_object(Bucket=BUCKET, Key="locks/sweep/.lock")["Body"].read())
+        assert held["pid"] == os.getpid()
+        with pytest.raises(TuneBudgetError, match="a sweep of that name is running now"):
+            with store.object_lock(root):
+                pass
+    assert "locks/sweep/.lock" not in keys(client, "locks/")  # released
+
+    # a holder on another host that stopped refreshing (a lost pod): taken over once stale
+    client.put_object(Bucket=BUCKET, Key="locks/sweep/.lock",
+                      Body=json.dumps({"token": "x", "host": "elsewhere", "pid": 1, "beat": 7}).encode())
+    with store.object_lock(root):
+        assert json.loads(client.get_object(Bucket=BUCKET, Key="locks/sweep/.lock")["Body"].read())["token"] != "x"
+    assert "locks/sweep/.lock" not in keys(client, "locks/")
+
+
+def test_storage_uris_pyarrow_cannot_open_are_one_line(tmp_path):
+    space = space_file(tmp_path, trials=2, samples=1000)
+    for uri, fragment in (("nosuch://bucket/x", "pyarrow cannot open it"), ("s3://", "name a bucket"),
+                          ("s3://sweeps/", "name a bucket and a prefix")):
+        proc = run_cli("sweep", str(space), "--storage-path", uri, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"tunebudget: error: --storage-path {uri}") and proc.stderr.count("\n") == 1, \
+            proc.stderr
+        assert fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlflow").exists()
+
+
+def test_each_nodes_probe_reads_the_marker_object_as_tune_will(s3, monkeypatch):
+    """The multi-node shared-storage check's per-node probe, on an object: pyarrow with the node's own
+    settings (here the endpoint given in the URI's query, not in the environment)."""
+    from tunebudget.cluster import _probe
+    from tunebudget.sweep.store import location
+
+    client, env = s3
+    endpoint = env["AWS_ENDPOINT_URL"].removeprefix("http://")
+    client.put_object(Bucket=BUCKET, Key="probe/marker", Body=b"token-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    uri = f"s3://{BUCKET}/probe?endpoint_override={endpoint}&scheme=http"
+    marker = location(uri) / "marker"
+    assert str(marker) == f"s3://{BUCKET}/probe/marker?endpoint_override={endpoint}&scheme=http"
+    assert marker.read_text() == "token-1"
+    assert _probe(str(marker), "token-1")["visible"]
+    assert not _probe(str(marker), "another token")["visible"]
+    assert not _probe(str(location(uri) / "missing"), "token-1")["visible"]
+
+
+def test_resume_or_start_refuses_a_failed_sweep_in_one_line(tmp_path):
+    """A failed sweep is not run again by a retry: exit 2, one line, nothing started."""
+    import json
+
+    space = space_file(tmp_path, trials=2, samples=1000)
+    from tunebudget.spaces import load_space
+    from tunebudget.sweep import SweepOptions, make_plan
+    from dataclasses import asdict
+
+    plan = make_plan(load_space(space), SweepOptions(name=NAME, storage_path=str(tmp_path / "ray_results")))
+    plan.root.mkdir(parents=True)
+    (plan.root / "tunebudget_sweep.json").write_text(json.dumps({"plan": asdict(plan), "stage": "failed"}))
+    proc = run_cli("sweep", str(space), "--name", NAME, "--resume-or-start", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"tunebudget: error: --resume-or-start --name {NAME}: that sweep failed")
+    assert not (tmp_path / "mlflow").exists()

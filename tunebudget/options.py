@@ -79,10 +79,13 @@ class SweepOptions:
     name: Optional[str] = _opt("--name", str, "sweep name (Ray experiment directory and Optuna study); default: "
                                "space-timestamp")
     seed: Optional[int] = _opt("--seed", int, "seed of the sampler and of the base policy", spec="seed")
-    storage_path: Optional[str] = _opt("--storage-path", str, "Ray Tune storage (default ./ray_results); shared "
-                                       "storage on a cluster")
+    storage_path: Optional[str] = _opt(
+        "--storage-path", str, "where the sweep's state, lock and Ray Tune's results go (default ./ray_results): a "
+        "directory (shared, e.g. NFS, on a cluster) or an object store URI pyarrow opens (s3://bucket/prefix, "
+        "gs://...; endpoint and credentials from the environment, e.g. AWS_ENDPOINT_URL)")
     optuna_storage: Optional[str] = _opt("--optuna-storage", str, "Optuna storage URL (default: sqlite next to the "
-                                         "tracking store)")
+                                         "tracking store; with an object-store --storage-path and a tracking "
+                                         "server, ./mlflow/optuna.db)")
     quiet: bool = _switch("--quiet", "no live progress")
 
     @classmethod

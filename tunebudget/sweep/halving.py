@@ -199,10 +199,11 @@ class RestartHalving(Searcher):
             import optuna
 
             number = self.optuna_number.pop(config_id)
+            # skip_if_finished: after a hard kill, Tune re-runs a trial the study already has finished
             if ok:
-                self.study.tell(number, float(value))
+                self.study.tell(number, float(value), skip_if_finished=True)
             else:
-                self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+                self.study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
     # ---- resume ----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

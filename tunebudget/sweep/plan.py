@@ -12,13 +12,14 @@ import re
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.options import SweepOptions, merged_sweep
 from tunebudget.policy import BudgetPolicy
 from tunebudget.spaces import SearchSpace, SweepSpec
 from tunebudget.sweep.halving import rung_budgets
+from tunebudget.sweep.store import ObjectPath, is_uri, location, normalize
 from tunebudget.tracking import check_experiment_name, local_store, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class Plan:
     max_seeds: int = 10
 
     @property
-    def root(self) -> Path:
-        return Path(self.storage) / self.name
+    def root(self) -> Union[Path, ObjectPath]:
+        """The sweep's directory: a Path, or an ObjectPath in an object store (``s3://...``)."""
+        return location(self.storage) / self.name
 
     @property
     def threads(self) -> int:
@@ -103,11 +105,7 @@ def make_plan(space: SearchSpace, opts: SweepOptions) -> Plan:
     if not cpus > 0 or gpus < 0:
         raise TuneBudgetError(f"--cpus-per-trial/--gpus-per-trial: need cpu > 0 and gpu >= 0 (got {cpus}, {gpus})")
     metric, mode = space.metric()
-    raw = str(opts.storage_path or Path.cwd() / "ray_results")
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
-        raise TuneBudgetError(f"--storage-path {raw}: URIs are not supported yet (the sweep's state file is written "
-                              "with local file operations); use a directory on storage every node mounts (e.g. NFS)")
-    storage = Path(raw).expanduser().resolve()
+    storage = normalize(str(opts.storage_path or Path.cwd() / "ray_results"))  # a directory, or a URI
     if opts.name is not None and not _SWEEP_NAME.fullmatch(opts.name):
         long = f" of at most 128 characters (got {len(opts.name)})" if len(opts.name) > 128 else ""
         raise TuneBudgetError(f"--name {opts.name[:60]!r}: a sweep name is one directory under --storage-path{long}: "
@@ -150,12 +148,15 @@ def _rungs(base: BudgetPolicy, sw: SweepSpec) -> list[float]:
     return rungs
 
 
-def _default_optuna_db(tracking_uri: str, storage: Path) -> Path:
-    """Next to a sqlite tracking store (./mlflow by default), else in the Ray storage directory."""
+def _default_optuna_db(tracking_uri: str, storage: str) -> Path:
+    """Next to a sqlite tracking store (./mlflow by default), else in the Ray storage directory; with an
+    object-store storage path (no place for a sqlite file), ./mlflow/optuna.db on the driver's machine."""
     if not tracking_uri:
         return local_store() / "optuna.db"
     db = sqlite_file(tracking_uri)
-    return db.parent / "optuna.db" if db is not None else storage / "optuna.db"
+    if db is not None:
+        return db.parent / "optuna.db"
+    return local_store() / "optuna.db" if is_uri(storage) else Path(storage) / "optuna.db"
 
 
 def trial_slots(plan: Plan, resources: dict[str, float]) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.sweep.plan import Plan
+from tunebudget.sweep.store import check_store, is_uri
 from tunebudget.tracking import Tracker
 from tunebudget.util import check_importable, check_writable_dir
 
@@ -151,7 +152,10 @@ def preflight(plan: Plan) -> tuple[Tracker, dict[str, float]]:
             check_importable(task[field_name], f"task.{field_name}")
     tracker = Tracker(plan.tracking_uri or None)
     tracker.check()  # first: the Optuna study's default place follows the store's
-    check_writable_dir(Path(plan.storage), f"--storage-path {plan.storage}")
+    if is_uri(plan.storage):  # an object store: the bucket, credentials and endpoint take a write
+        check_store(plan.storage)
+    else:
+        check_writable_dir(Path(plan.storage), f"--storage-path {plan.storage}")
     check_optuna_storage(plan.optuna_storage)
     log.info("tracking store %s reached in %.1f s", tracker.uri, time.perf_counter() - t0)
     resources = connect_ray(plan)

@@ -11,13 +11,13 @@ import logging
 import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.spaces import SearchSpace
 from tunebudget.options import SweepOptions, flag_of
 from tunebudget.sweep.plan import Plan, make_plan
-from tunebudget.util import atomic_write_text
+from tunebudget.sweep.store import ObjectPath, location, object_lock, write_text
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,13 @@ def save_state(plan: Plan, **fields: Any) -> dict[str, Any]:
     path = plan.root / STATE_FILE
     state = read_state(plan.root) or {}
     state.update({"plan": asdict(plan), **fields})
-    atomic_write_text(path, json.dumps(state, indent=2, default=str))
+    write_text(path, json.dumps(state, indent=2, default=str))
     return state
 
 
-def read_state(root: Path) -> Optional[dict[str, Any]]:
+def read_state(root: Union[Path, ObjectPath]) -> Optional[dict[str, Any]]:
     """The sweep's saved state (None if there is none); a file that is not one is a one-line error."""
-    path = Path(root) / STATE_FILE
+    path = (root if isinstance(root, ObjectPath) else Path(root)) / STATE_FILE
     if not path.is_file():
         return None
     try:
@@ -49,11 +49,16 @@ def read_state(root: Path) -> Optional[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def sweep_lock(root: Path) -> Iterator[None]:
+def sweep_lock(root: Union[Path, ObjectPath]) -> Iterator[None]:
     """Hold ``<root>/.lock`` while the sweep runs: a second sweep (or resume) of the same name fails
-    in one line instead of sharing its Tune directory and Optuna study."""
+    in one line instead of sharing its Tune directory and Optuna study. ``flock`` on a local (or NFS)
+    directory; in an object store a heartbeat object, best effort (:func:`store.object_lock`)."""
     import fcntl
 
+    if isinstance(root, ObjectPath):
+        with object_lock(root):
+            yield
+        return
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "a+") as fh:
         try:
@@ -64,7 +69,7 @@ def sweep_lock(root: Path) -> Iterator[None]:
         yield
 
 
-def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
+def find_resumable(storage: Union[Path, ObjectPath], space_name: str, name: Optional[str]) -> Union[Path, ObjectPath]:
     """The sweep directory to resume: ``--name`` if given, else this space's latest unfinished sweep."""
     if name:
         root = storage / name
@@ -83,7 +88,7 @@ def find_resumable(storage: Path, space_name: str, name: Optional[str]) -> Path:
     if not candidates:
         raise TuneBudgetError(f"--resume: no unfinished sweep of {space_name!r} under {storage}; "
                               "start a new one without --resume (or give --name / --storage-path)")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    return max(candidates, key=lambda p: (p / STATE_FILE).stat().st_mtime)  # an object store's prefix has no mtime
 
 
 class SweepFinished(Exception):
@@ -136,7 +141,7 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
     and how the sweep runs, not what it is.
     """
     fresh = make_plan(space, opts)
-    root = find_resumable(Path(fresh.storage), space.name, opts.name)
+    root = find_resumable(location(fresh.storage), space.name, opts.name)
     state = read_state(root) or {}
     plan = Plan(**state["plan"])
     if state.get("stage") == "finished":

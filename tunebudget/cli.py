@@ -1,4 +1,4 @@
-"""``tunebudget train | sweep | export | ui | report``.
+"""``tunebudget train | sweep | export | ui | report | cluster render``.
 
 A user error (TuneBudgetError) becomes one line on stderr and exit status 2, with nothing
 written; progress goes to stderr through rich, results to stdout.
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
     _add_sweep_commands(sub)
+    from tunebudget.render import add_render_commands
+
+    add_render_commands(sub)
     for command in sub.choices.values():  # -v also after the command: `tunebudget train -v p.yaml`
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="log debug messages; tracebacks of internal errors")

@@ -389,8 +389,8 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
     sweep_q = " ".join(shlex.quote(a) for a in sweep)
     if args.symmetric_run:
         lines += ["# one task per node: each starts Ray, the head's runs the sweep, all stop when it ends",
-                  f"srun --nodes=\"${{#NODES[@]}}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
-                  f"--min-nodes \"${{#NODES[@]}}\" --dashboard-port \"$DASHBOARD_PORT\" \"${{NODE_ARGS[@]}}\" -- \\",
+                  "srun --nodes=\"${#NODES[@]}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
+                  "--min-nodes \"${#NODES[@]}\" --dashboard-port \"$DASHBOARD_PORT\" \"${NODE_ARGS[@]}\" -- \\",
                   f"  {sweep_q} --address \"$ADDRESS\""]
     else:
         lines += ["",

@@ -297,11 +297,10 @@ def test_resume_or_start_refuses_a_failed_sweep_in_one_line(tmp_path):
     space = space_file(tmp_path, trials=2, samples=1000)
     from tunebudget.spaces import load_space
     from tunebudget.sweep import SweepOptions, make_plan
-    from dataclasses import asdict
 
     plan = make_plan(load_space(space), SweepOptions(name=NAME, storage_path=str(tmp_path / "ray_results")))
     plan.root.mkdir(parents=True)
-    (plan.root / "tunebudget_sweep.json").write_text(json.dumps({"plan": asdict(plan), "stage": "failed"}))
+    (plan.root / "tunebudget_sweep.json").write_text(json.dumps({"plan": plan.to_json(), "stage": "failed"}))
     proc = run_cli("sweep", str(space), "--name", NAME, "--resume-or-start", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"tunebudget: error: --resume-or-start --name {NAME}: that sweep failed")

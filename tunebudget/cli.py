@@ -138,8 +138,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{store}")
         return 0
     except SweepInterrupted as exc:
+        where = f" --storage-path {shlex.quote(args.storage_path)}" if args.storage_path else ""
         print(f"tunebudget: sweep {exc} interrupted; finished trials are in MLflow. Continue it with: "
-              f"tunebudget sweep {shlex.quote(args.space)} --resume --name {exc}", file=sys.stderr)
+              f"tunebudget sweep {shlex.quote(args.space)} --resume --name {exc}{where}", file=sys.stderr)
         return 130
     # plain print: markdown tables and YAML must not be re-wrapped to the terminal width
     print(outcome.summary_md)

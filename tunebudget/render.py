@@ -184,15 +184,18 @@ def _containerfile(gpu: bool, package: str) -> str:
 
 # ---- RayJob (KubeRay) --------------------------------------------------------------------------
 
-def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
-    name = opts.name
+def _check_rayjob_names(args: Any, name: str) -> None:
+    """--name and --namespace: Kubernetes names (the RayJob's at most MAX_RAYJOB_NAME characters)."""
     if len(name) > MAX_RAYJOB_NAME or not _DNS_LABEL.fullmatch(name):
         raise TuneBudgetError(f"--name {name[:60]!r}: a RayJob's name is a Kubernetes name of at most "
                               f"{MAX_RAYJOB_NAME} characters: lower-case letters, digits and '-', e.g. --name lr-sweep-1")
     if not _DNS_LABEL.fullmatch(args.namespace or ""):
         raise TuneBudgetError(f"--namespace {args.namespace!r}: a Kubernetes namespace is lower-case letters, digits "
                               "and '-'")
-    tracking = _tracking_for_multinode(opts.tracking_uri, "a RayJob (its head pod goes when the job ends)")
+
+
+def _rayjob_storage(args: Any, opts: Any) -> tuple[str, str]:
+    """The sweep's storage path and Optuna storage, both reached by every pod and a retried head."""
     storage = opts.storage_path
     if storage and not re.match(rf"^({'|'.join(_OBJECT_STORES)})://[^/]", storage):
         raise TuneBudgetError(f"--storage-path {storage}: a RayJob's storage is an object store URI (s3://bucket/prefix, "
@@ -213,80 +216,118 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
     elif optuna.startswith("sqlite:") and not (args.pvc and optuna.startswith(f"sqlite:///{PVC_MOUNT}/")):
         raise TuneBudgetError(f"--optuna-storage {optuna}: a sqlite study must be on the volume (--pvc NAME, "
                               f"sqlite:///{PVC_MOUNT}/optuna.db) or the retried head loses it; or give a database server")
+    return storage or f"{PVC_MOUNT}/ray_results", optuna
+
+
+def _check_cpus_per_node(args: Any, cpu_per_trial: float) -> None:
+    """--cpus-per-node holds one trial's CPUs."""
+    if args.cpus_per_node < cpu_per_trial:
+        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu_per_trial:g} CPUs; give "
+                              f"--cpus-per-node {math.ceil(cpu_per_trial)} or more")
+
+
+def _rayjob_worker_gpus(args: Any, space: Any, opts: Any) -> int:
+    """--workers, --cpus-per-node and --containerfile checked; the GPUs of each worker pod."""
     _check_count("--workers", args.workers, 1)
     cpu, gpu = _per_trial(opts, space)
     node_gpus = _node_gpus(args, gpu)
-    if args.cpus_per_node < cpu:
-        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu:g} CPUs; give "
-                              f"--cpus-per-node {math.ceil(cpu)} or more")
+    _check_cpus_per_node(args, cpu)
     _check_count("--cpus-per-node", args.cpus_per_node, 1)
     if args.containerfile and not args.image:
         raise TuneBudgetError("--containerfile: give --image REGISTRY/NAME:TAG too, the image you will build from it "
                               "and push (the manifest runs it)")
-    v = versions()
-    image = args.image or ray_image(node_gpus > 0)
+    return node_gpus
+
+
+def _runtime_env(args: Any) -> dict[str, Any]:
+    """The job's runtime env: tunebudget pip-installed unless the image has it (--image, --containerfile)."""
     runtime_env: dict[str, Any] = {"env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
     if not args.containerfile and not args.image:
         runtime_env = {"pip": [args.package], **runtime_env}
-    space_file = f"{SPACE_DIR}/space.yaml"
-    storage_path = storage or f"{PVC_MOUNT}/ray_results"
-    command = sweep_command(space_file, opts, {"--storage-path": storage_path, "--tracking-uri": tracking,
-                                               "--optuna-storage": optuna})
-    mounts = [{"name": "space", "mountPath": SPACE_DIR, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "space", "configMap": {"name": f"{name}-space"}}]
-    if args.pvc:
-        mounts.append({"name": "storage", "mountPath": PVC_MOUNT})
-        volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": args.pvc}})
-    env_from = [{"secretRef": {"name": args.env_secret}}] if args.env_secret else []
+    return runtime_env
 
-    def container(role: str, cpus: int, memory: str, gpus: int, head: bool) -> dict[str, Any]:
+
+@dataclass
+class _Pods:
+    """What the head and worker pods share: the image, the volumes and their mounts, the Secret's env."""
+    image: str
+    mounts: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    env_from: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, args: Any, name: str, node_gpus: int) -> "_Pods":
+        """The space's ConfigMap (head only), the --pvc volume (every pod) and --env-secret."""
+        mounts = [{"name": "space", "mountPath": SPACE_DIR, "readOnly": True}]
+        volumes: list[dict[str, Any]] = [{"name": "space", "configMap": {"name": f"{name}-space"}}]
+        if args.pvc:
+            mounts.append({"name": "storage", "mountPath": PVC_MOUNT})
+            volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": args.pvc}})
+        env_from = [{"secretRef": {"name": args.env_secret}}] if args.env_secret else []
+        return cls(args.image or ray_image(node_gpus > 0), mounts, volumes, env_from)
+
+    def container(self, role: str, cpus: int, memory: str, gpus: int, head: bool) -> dict[str, Any]:
+        """One Ray container: limits = requests; the head's has the space mounted and Ray's ports."""
         limits: dict[str, Any] = {"cpu": str(cpus), "memory": memory}
         if gpus:
             limits["nvidia.com/gpu"] = gpus
-        c: dict[str, Any] = {"name": role, "image": image, "resources": {"limits": limits, "requests": dict(limits)},
-                             "volumeMounts": mounts if head else [m for m in mounts if m["name"] != "space"]}
+        c: dict[str, Any] = {"name": role, "image": self.image, "resources": {"limits": limits, "requests": dict(limits)},
+                             "volumeMounts": self.mounts if head else [m for m in self.mounts if m["name"] != "space"]}
         if head:
             c["ports"] = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
                           {"containerPort": 10001, "name": "client"}]
-        if env_from:
-            c["envFrom"] = env_from
+        if self.env_from:
+            c["envFrom"] = self.env_from
         return c
 
-    worker_pod: dict[str, Any] = {"containers": [container("ray-worker", args.cpus_per_node, args.memory_per_node,
-                                                           node_gpus, False)],
-                                  "volumes": [v_ for v_ in volumes if v_["name"] != "space"]}
-    if node_gpus:
-        worker_pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    if not worker_pod["volumes"]:
-        del worker_pod["volumes"]
-    labels = {"app.kubernetes.io/name": "tunebudget", "app.kubernetes.io/instance": name}
-    rayjob = {
+    def head_pod(self, args: Any) -> dict[str, Any]:
+        """The head pod's spec: one CPU for the sweep's driver, every volume."""
+        return {"containers": [self.container("ray-head", 1, args.head_memory, 0, True)], "volumes": self.volumes}
+
+    def worker_pod(self, args: Any, node_gpus: int) -> dict[str, Any]:
+        """A worker pod's spec: the trials' CPUs and GPUs (tolerating GPU taints), the volume but not the space."""
+        pod: dict[str, Any] = {"containers": [self.container("ray-worker", args.cpus_per_node, args.memory_per_node,
+                                                             node_gpus, False)],
+                               "volumes": [v_ for v_ in self.volumes if v_["name"] != "space"]}
+        if node_gpus:
+            pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        if not pod["volumes"]:
+            del pod["volumes"]
+        return pod
+
+
+def _rayjob_doc(args: Any, name: str, command: list[str], pods: _Pods, node_gpus: int,
+                labels: dict[str, str]) -> dict[str, Any]:
+    """The RayJob: the sweep as entrypoint on a cluster made for it (head + --workers), torn down after."""
+    return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "namespace": args.namespace, "labels": labels},
         "spec": {
             "entrypoint": shlex.join(command),
-            "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=False),
+            "runtimeEnvYAML": yaml.safe_dump(_runtime_env(args), sort_keys=False),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": args.ttl,
             "backoffLimit": args.backoff_limit,
             "rayClusterSpec": {
-                "rayVersion": v["ray"],
+                "rayVersion": versions()["ray"],
                 "headGroupSpec": {
                     # the driver (the sweep) runs on the head; trials go to the workers
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"metadata": {"labels": labels},
-                                 "spec": {"containers": [container("ray-head", 1, args.head_memory, 0, True)],
-                                          "volumes": volumes}},
+                    "template": {"metadata": {"labels": labels}, "spec": pods.head_pod(args)},
                 },
                 "workerGroupSpecs": [{
                     "groupName": "workers", "replicas": args.workers, "minReplicas": args.workers,
                     "maxReplicas": args.workers, "rayStartParams": {},
-                    "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                    "template": {"metadata": {"labels": labels}, "spec": pods.worker_pod(args, node_gpus)},
                 }],
             },
         },
     }
+
+
+def _rayjob_extras(args: Any, space: Any, name: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The documents before the RayJob: the space file's ConfigMap, and the --pvc volume claim."""
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": f"{name}-space", "namespace": args.namespace, "labels": labels},
                  "data": {"space.yaml": Path(space.path).read_text()}}
@@ -299,9 +340,14 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
         if args.storage_class:
             pvc["spec"]["storageClassName"] = args.storage_class
         docs.append(pvc)
-    docs.append(rayjob)
+    return docs
+
+
+def _rayjob_comment(args: Any, name: str, node_gpus: int) -> str:
+    """The manifest's header: how to apply and watch it, what it is, what the cluster needs."""
+    v = versions()
     built = f"; build --image from {args.containerfile} first" if args.containerfile else ""
-    head = _head_comment([
+    return _head_comment([
         f"Submit with: kubectl apply -f {args.output}{built}",
         f"then: kubectl get rayjob {name} -n {args.namespace} -w ; logs: kubectl logs -n {args.namespace} -l "
         f"job-name={name} -f",
@@ -310,8 +356,22 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
         "operator" + (", a ReadWriteMany storage class" if args.pvc else "") +
         (" and the NVIDIA device plugin" if node_gpus else "") + ".",
     ])
+
+
+def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
+    """A KubeRay RayJob manifest (ConfigMap, PVC, RayJob), and the Containerfile's text with --containerfile."""
+    name = opts.name
+    _check_rayjob_names(args, name)
+    tracking = _tracking_for_multinode(opts.tracking_uri, "a RayJob (its head pod goes when the job ends)")
+    storage_path, optuna = _rayjob_storage(args, opts)
+    node_gpus = _rayjob_worker_gpus(args, space, opts)
+    command = sweep_command(f"{SPACE_DIR}/space.yaml", opts, {"--storage-path": storage_path,
+                                                              "--tracking-uri": tracking, "--optuna-storage": optuna})
+    labels = {"app.kubernetes.io/name": "tunebudget", "app.kubernetes.io/instance": name}
+    pods = _Pods.of(args, name, node_gpus)
+    docs = _rayjob_extras(args, space, name, labels) + [_rayjob_doc(args, name, command, pods, node_gpus, labels)]
     cf = _containerfile(node_gpus > 0, args.package) if args.containerfile else None
-    return Rendered(head + "---\n" + _dump(docs), cf)
+    return Rendered(_rayjob_comment(args, name, node_gpus) + "---\n" + _dump(docs), cf)
 
 
 # ---- Slurm ---------------------------------------------------------------------------------------

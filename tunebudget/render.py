@@ -381,115 +381,158 @@ _PORT_FLAGS = ("node-manager-port", "object-manager-port", "ray-client-server-po
                "dashboard-agent-listen-port", "metrics-export-port", "runtime-env-agent-port")
 
 
-def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
+def _slurm_node_gpus(args: Any, space: Any, opts: Any) -> int:
+    """--nodes and --cpus-per-node checked; the GPUs of each node."""
     _check_count("--nodes", args.nodes, 1)
     cpu, gpu = _per_trial(opts, space)
-    if args.cpus_per_node < cpu:
-        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu:g} CPUs; give "
-                              f"--cpus-per-node {math.ceil(cpu)} or more")
-    node_gpus = _node_gpus(args, gpu)
+    _check_cpus_per_node(args, cpu)
+    return _node_gpus(args, gpu)
+
+
+def _slurm_tracking(args: Any, opts: Any) -> str:
+    """The MLflow URI: a server for several nodes, else --tracking-uri or an absolute ./mlflow store."""
     tracking = opts.tracking_uri
     if args.nodes > 1:
         tracking = _tracking_for_multinode(tracking, f"a sweep on {args.nodes} nodes")
     elif not tracking:  # the sweep's own default, ./mlflow, made absolute: the step's directory may differ
         tracking = f"sqlite:///{Path.cwd() / 'mlflow' / 'mlflow.db'}"
+    return tracking
+
+
+def _check_slurm_ports_and_time(args: Any) -> None:
+    """--port, --dashboard-port, --ports-from (its 1000 ports) and --time."""
     for flag, port in (("--port", args.port), ("--dashboard-port", args.dashboard_port), ("--ports-from", args.ports_from)):
         if not 1024 <= port <= 65535 - (1000 if flag == "--ports-from" else 0):
             raise TuneBudgetError(f"{flag} {port}: must be a port between 1024 and 65535 (--ports-from: its 1000 ports)")
     if args.time and not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", args.time):
         raise TuneBudgetError(f"--time {args.time!r}: a Slurm time limit such as 4:00:00 or 1-00:00:00")
+
+
+def _slurm_storage(opts: Any) -> str:
+    """--storage-path (default ./ray_results), a local one made absolute."""
     storage = opts.storage_path or str(Path.cwd() / "ray_results")
     if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", storage):
         storage = str(Path(storage).expanduser().resolve())
-    space_path = str(Path(space.path).resolve())
+    return storage
+
+
+def _slurm_header(args: Any, opts: Any, space_path: str, node_gpus: int) -> list[Optional[str]]:
+    """The shebang, the comment on how to submit it, the #SBATCH lines (None where a flag is not given)."""
     v = versions()
+    return ["#!/bin/bash",
+            f"# Submit with: sbatch {args.output}",
+            f"# Slurm batch script for sweep {opts.name}, rendered by tunebudget {v['tunebudget']} for Ray {v['ray']}"
+            f" ({'ray symmetric-run' if args.symmetric_run else 'ray start --head / srun ray start --address'}).",
+            f"# Every node needs Ray {v['ray']} and tunebudget {v['tunebudget']} on PATH (activate the environment",
+            "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts;",
+            f"# the head node reads the space file from {space_path}.",
+            "# A requeue (scontrol requeue, preemption) continues the same sweep: --resume-or-start.",
+            f"#SBATCH --job-name={opts.name}",
+            f"#SBATCH --nodes={args.nodes}",
+            "#SBATCH --ntasks-per-node=1",
+            f"#SBATCH --cpus-per-task={args.cpus_per_node}",
+            "#SBATCH --exclusive" if args.exclusive else None,
+            f"#SBATCH --gpus-per-node={node_gpus}" if node_gpus else None,
+            f"#SBATCH --partition={args.partition}" if args.partition else None,
+            f"#SBATCH --time={args.time}" if args.time else None,
+            f"#SBATCH --output={opts.name}-%j.out",
+            "#SBATCH --requeue",
+            "#SBATCH --open-mode=append"]
+
+
+def _slurm_setup(args: Any) -> list[str]:
+    """The ports, each node's `ray start` arguments, the allocation's nodes and the head's address."""
     p = args.ports_from
     ports = {flag: p + i for i, flag in enumerate(_PORT_FLAGS)}
-    sweep = sweep_command(space_path, opts, {"--storage-path": storage, "--tracking-uri": tracking})
-    lines = ["#!/bin/bash",
-             f"# Submit with: sbatch {args.output}",
-             f"# Slurm batch script for sweep {opts.name}, rendered by tunebudget {v['tunebudget']} for Ray {v['ray']}"
-             f" ({'ray symmetric-run' if args.symmetric_run else 'ray start --head / srun ray start --address'}).",
-             f"# Every node needs Ray {v['ray']} and tunebudget {v['tunebudget']} on PATH (activate the environment",
-             "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts;",
-             f"# the head node reads the space file from {space_path}.",
-             "# A requeue (scontrol requeue, preemption) continues the same sweep: --resume-or-start.",
-             f"#SBATCH --job-name={opts.name}",
-             f"#SBATCH --nodes={args.nodes}",
-             "#SBATCH --ntasks-per-node=1",
-             f"#SBATCH --cpus-per-task={args.cpus_per_node}",
-             "#SBATCH --exclusive" if args.exclusive else None,
-             f"#SBATCH --gpus-per-node={node_gpus}" if node_gpus else None,
-             f"#SBATCH --partition={args.partition}" if args.partition else None,
-             f"#SBATCH --time={args.time}" if args.time else None,
-             f"#SBATCH --output={opts.name}-%j.out",
-             "#SBATCH --requeue",
-             "#SBATCH --open-mode=append",
-             "set -euo pipefail",
-             "",
-             f"RAY_PORT={args.port}",
-             f"DASHBOARD_PORT={args.dashboard_port}",
-             f"WORKER_PORTS=({p + 100} {p + 999})",
-             "# Slurm gives GPUs per node as N or TYPE:N; Ray wants the count",
-             'GPUS="${SLURM_GPUS_PER_NODE:-0}"',
-             'GPUS="${GPUS##*:}"',
-             'CPUS="${SLURM_CPUS_PER_TASK:-1}"',
-             "# a directory of this job's own: Ray's sockets and logs (kept short, under 108 bytes)",
-             'RAY_TMP="/tmp/ray-${SLURM_JOB_ID}"',
-             "NODE_ARGS=(--num-cpus \"$CPUS\" --num-gpus \"$GPUS\" --temp-dir \"$RAY_TMP\" --disable-usage-stats \\",
-             f"  {' '.join(f'--{flag} {port}' for flag, port in ports.items())} \\",
-             '  --min-worker-port "${WORKER_PORTS[0]}" --max-worker-port "${WORKER_PORTS[1]}")',
-             "",
-             'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-             'HEAD_NODE="${NODES[0]}"',
-             'HEAD_IP="$(srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" hostname --ip-address | awk \'{print $1}\')"',
-             'ADDRESS="$HEAD_IP:$RAY_PORT"',
-             'echo "Ray head: $HEAD_NODE ($ADDRESS), ${#NODES[@]} node(s), $CPUS CPUs and $GPUS GPUs each"',
-             ]
+    return ["set -euo pipefail",
+            "",
+            f"RAY_PORT={args.port}",
+            f"DASHBOARD_PORT={args.dashboard_port}",
+            f"WORKER_PORTS=({p + 100} {p + 999})",
+            "# Slurm gives GPUs per node as N or TYPE:N; Ray wants the count",
+            'GPUS="${SLURM_GPUS_PER_NODE:-0}"',
+            'GPUS="${GPUS##*:}"',
+            'CPUS="${SLURM_CPUS_PER_TASK:-1}"',
+            "# a directory of this job's own: Ray's sockets and logs (kept short, under 108 bytes)",
+            'RAY_TMP="/tmp/ray-${SLURM_JOB_ID}"',
+            "NODE_ARGS=(--num-cpus \"$CPUS\" --num-gpus \"$GPUS\" --temp-dir \"$RAY_TMP\" --disable-usage-stats \\",
+            f"  {' '.join(f'--{flag} {port}' for flag, port in ports.items())} \\",
+            '  --min-worker-port "${WORKER_PORTS[0]}" --max-worker-port "${WORKER_PORTS[1]}")',
+            "",
+            'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+            'HEAD_NODE="${NODES[0]}"',
+            'HEAD_IP="$(srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" hostname --ip-address | awk \'{print $1}\')"',
+            'ADDRESS="$HEAD_IP:$RAY_PORT"',
+            'echo "Ray head: $HEAD_NODE ($ADDRESS), ${#NODES[@]} node(s), $CPUS CPUs and $GPUS GPUs each"',
+            ]
+
+
+def _slurm_symmetric(sweep_q: str) -> list[str]:
+    """The ray symmetric-run form: one step starts Ray on every node and runs the sweep on the head's."""
+    return ["# one task per node: each starts Ray, the head's runs the sweep, all stop when it ends",
+            "srun --nodes=\"${#NODES[@]}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
+            "--min-nodes \"${#NODES[@]}\" --dashboard-port \"$DASHBOARD_PORT\" \"${NODE_ARGS[@]}\" -- \\",
+            f"  {sweep_q} --address \"$ADDRESS\""]
+
+
+def _slurm_start_nodes() -> list[str]:
+    """The classic form's start: `ray start --head` on the head node, then `ray start --address` on the others."""
+    return ["",
+            "# Ray on every node, each as a step of its own in the background (srun passes SIGTERM on to",
+            "# `ray start --block`, which then stops its node: no `ray stop`, which would stop every Ray of the",
+            "# account on a shared node)",
+            "STEPS=()",
+            'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" ray start --head --block '
+            '--node-ip-address="$HEAD_IP" --port="$RAY_PORT" \\',
+            '  --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" "${NODE_ARGS[@]}" &',
+            'STEPS+=("$!")',
+            "for _ in $(seq 90); do  # the head answers within a few seconds; give it three minutes",
+            '  if ray health-check --address "$ADDRESS" >/dev/null 2>&1; then break; fi',
+            "  sleep 2",
+            "done",
+            'ray health-check --address "$ADDRESS"',
+            'for node in "${NODES[@]:1}"; do',
+            '  srun --nodes=1 --ntasks=1 --overlap -w "$node" ray start --block --address "$ADDRESS" '
+            '"${NODE_ARGS[@]}" &',
+            '  STEPS+=("$!")',
+            "done"]
+
+
+def _slurm_run_sweep(sweep_q: str) -> list[str]:
+    """The classic form's end: wait for every node, run the sweep on the head node, stop the nodes' steps."""
+    return ["# every node of the allocation in the cluster before the sweep plans its concurrency",
+            'python3 - "$ADDRESS" "${#NODES[@]}" <<\'PY\'',
+            "import sys, time",
+            "import ray",
+            'ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)',
+            "deadline = time.time() + 300",
+            'while (alive := sum(n["Alive"] for n in ray.nodes())) < int(sys.argv[2]):',
+            "    if time.time() > deadline:",
+            '        sys.exit(f"only {alive} of {sys.argv[2]} nodes joined the Ray cluster in 5 minutes")',
+            "    time.sleep(2)",
+            "PY",
+            "",
+            "# the sweep is the job's step, on the head node",
+            'status=0',
+            f'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" {sweep_q} --address "$ADDRESS" || status=$?',
+            'kill -TERM "${STEPS[@]}" 2>/dev/null || true',
+            'wait || true',
+            'exit "$status"']
+
+
+def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
+    """An sbatch script: Ray on every node of the allocation, the sweep on the head node."""
+    node_gpus = _slurm_node_gpus(args, space, opts)
+    tracking = _slurm_tracking(args, opts)
+    _check_slurm_ports_and_time(args)
+    space_path = str(Path(space.path).resolve())
+    sweep = sweep_command(space_path, opts, {"--storage-path": _slurm_storage(opts), "--tracking-uri": tracking})
     sweep_q = " ".join(shlex.quote(a) for a in sweep)
+    lines = _slurm_header(args, opts, space_path, node_gpus) + _slurm_setup(args)
     if args.symmetric_run:
-        lines += ["# one task per node: each starts Ray, the head's runs the sweep, all stop when it ends",
-                  "srun --nodes=\"${#NODES[@]}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
-                  "--min-nodes \"${#NODES[@]}\" --dashboard-port \"$DASHBOARD_PORT\" \"${NODE_ARGS[@]}\" -- \\",
-                  f"  {sweep_q} --address \"$ADDRESS\""]
+        lines += _slurm_symmetric(sweep_q)
     else:
-        lines += ["",
-                  "# Ray on every node, each as a step of its own in the background (srun passes SIGTERM on to",
-                  "# `ray start --block`, which then stops its node: no `ray stop`, which would stop every Ray of the",
-                  "# account on a shared node)",
-                  "STEPS=()",
-                  'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" ray start --head --block '
-                  '--node-ip-address="$HEAD_IP" --port="$RAY_PORT" \\',
-                  '  --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" "${NODE_ARGS[@]}" &',
-                  'STEPS+=("$!")',
-                  "for _ in $(seq 90); do  # the head answers within a few seconds; give it three minutes",
-                  '  if ray health-check --address "$ADDRESS" >/dev/null 2>&1; then break; fi',
-                  "  sleep 2",
-                  "done",
-                  'ray health-check --address "$ADDRESS"',
-                  'for node in "${NODES[@]:1}"; do',
-                  '  srun --nodes=1 --ntasks=1 --overlap -w "$node" ray start --block --address "$ADDRESS" '
-                  '"${NODE_ARGS[@]}" &',
-                  '  STEPS+=("$!")',
-                  "done",
-                  "# every node of the allocation in the cluster before the sweep plans its concurrency",
-                  'python3 - "$ADDRESS" "${#NODES[@]}" <<\'PY\'',
-                  "import sys, time",
-                  "import ray",
-                  'ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)',
-                  "deadline = time.time() + 300",
-                  'while (alive := sum(n["Alive"] for n in ray.nodes())) < int(sys.argv[2]):',
-                  "    if time.time() > deadline:",
-                  '        sys.exit(f"only {alive} of {sys.argv[2]} nodes joined the Ray cluster in 5 minutes")',
-                  "    time.sleep(2)",
-                  "PY",
-                  "",
-                  "# the sweep is the job's step, on the head node",
-                  'status=0',
-                  f'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" {sweep_q} --address "$ADDRESS" || status=$?',
-                  'kill -TERM "${STEPS[@]}" 2>/dev/null || true',
-                  'wait || true',
-                  'exit "$status"']
+        lines += _slurm_start_nodes() + _slurm_run_sweep(sweep_q)
     return Rendered("\n".join(line for line in lines if line is not None) + "\n")
 
 

@@ -539,6 +539,7 @@ def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
 # ---- ray up (the cluster launcher) --------------------------------------------------------------
 
 def render_ray_up(args: Any, space: Any, opts: Any) -> Rendered:
+    """A `ray up` cluster YAML (local provider), its header saying how to run the sweep with `ray exec`."""
     if not args.head_ip:
         raise TuneBudgetError("--head-ip: required: the address of the machine that becomes the head (ray up's local "
                               "provider), e.g. --head-ip 10.0.0.1")
@@ -620,10 +621,81 @@ def write_rendered(target: str, args: Any) -> list[Path]:
     return written
 
 
-def add_render_commands(sub: Any) -> None:
-    """``cluster render {rayjob, slurm, ray-up}`` under the CLI's subcommands."""
+def _add_rayjob_flags(p: Any) -> None:
+    """The flags of ``cluster render rayjob``: namespace, pods, image, volume, Secret, retries."""
+    p.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    p.add_argument("--workers", type=int, default=1, help="worker pods (default 1)")
+    p.add_argument("--memory-per-node", default="8Gi", help="memory of each worker pod (default 8Gi)")
+    p.add_argument("--head-memory", default="4Gi", help="memory of the head pod, where the sweep's driver "
+                   "runs (default 4Gi)")
+    p.add_argument("--image", help="container image (default: rayproject/ray:<ray>-py<xy>[-gpu], tunebudget "
+                   "pip-installed through the runtime env)")
+    p.add_argument("--containerfile", metavar="FILE", help="also write a Containerfile that installs "
+                   "tunebudget on the Ray image; build it as --image (then no pip install at run time)")
+    p.add_argument("--pvc", metavar="NAME", help=f"a ReadWriteMany volume claim (rendered too) mounted at "
+                   f"{PVC_MOUNT}: the storage path and the Optuna sqlite study")
+    p.add_argument("--pvc-size", default="10Gi", help="the volume's size (default 10Gi)")
+    p.add_argument("--storage-class", help="the volume's storage class (default: the cluster's default)")
+    p.add_argument("--env-secret", metavar="SECRET", help="a Secret whose keys become environment variables "
+                   "of every pod (object store and MLflow credentials)")
+    p.add_argument("--ttl", type=_nonneg("--ttl"), default=3600, metavar="SECONDS",
+                   help="seconds the finished job's cluster is kept (ttlSecondsAfterFinished; default 3600)")
+    p.add_argument("--backoff-limit", type=_nonneg("--backoff-limit"), default=2,
+                   help="retries of a failed job, each continuing the sweep (default 2)")
+
+
+def _add_slurm_flags(p: Any) -> None:
+    """The flags of ``cluster render slurm``: the allocation, Ray's ports, the symmetric-run form."""
+    p.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--time", help="time limit, e.g. 4:00:00")
+    p.add_argument("--exclusive", action="store_true", help="whole nodes (#SBATCH --exclusive)")
+    p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
+    p.add_argument("--ports-from", type=int, default=20000, metavar="PORT",
+                   help="every other Ray port is explicit, from this one up (PORT..PORT+6; workers "
+                        "PORT+100..PORT+999; default 20000)")
+    p.add_argument("--symmetric-run", action="store_true",
+                   help="start the nodes and run the sweep with ray symmetric-run (Ray >= 2.49)")
+
+
+def _add_ray_up_flags(p: Any) -> None:
+    """The flags of ``cluster render ray-up``: the machines and the SSH login."""
+    p.add_argument("--head-ip", help="the head machine's address")
+    p.add_argument("--worker-ips", metavar="IP,IP", help="the worker machines, comma-separated")
+    p.add_argument("--ssh-user", help="the SSH account on every machine")
+    p.add_argument("--ssh-key", help="the SSH private key (default: ssh's own)")
+
+
+_TARGET_HELP = {"rayjob": "KubeRay RayJob manifest (kubectl apply -f)", "slurm": "Slurm batch script (sbatch)",
+                "ray-up": "Ray cluster launcher YAML, local provider (ray up)"}
+_TARGET_FLAGS = {"rayjob": _add_rayjob_flags, "slurm": _add_slurm_flags, "ray-up": _add_ray_up_flags}
+
+
+def _add_target(tsub: Any, target: str) -> None:
+    """``cluster render TARGET``: the space, -o, --package, the node flags, the target's own, the sweep's."""
     from tunebudget.options import add_sweep_flags
 
+    p = tsub.add_parser(target, help=_TARGET_HELP[target], description=_TARGET_HELP[target] + ".")
+    p.add_argument("space", help="search-space YAML file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--package", default=None, metavar="REQUIREMENT",
+                   help="pip requirement that installs tunebudget on the nodes (default: tunebudget==<this "
+                        "version>; a wheel URL or git+https://... works too)")
+    if target != "ray-up":
+        p.add_argument("--cpus-per-node", type=int, default=4, help="CPUs of each node (default 4)")
+        p.add_argument("--gpus-per-node", type=int, default=None,
+                       help="whole GPUs of each worker node (default: enough for one trial when trials ask for "
+                            "GPUs)")
+    _TARGET_FLAGS[target](p)
+    add_sweep_flags(p.add_argument_group(
+        "sweep options", "as tunebudget sweep's (--name required; --address, --resume and --quiet are the "
+        "file's own: it runs the sweep with --resume-or-start --quiet)"))
+    p.set_defaults(func=cmd_render, target=target)
+
+
+def add_render_commands(sub: Any) -> None:
+    """``cluster render {rayjob, slurm, ray-up}`` under the CLI's subcommands."""
     cluster = sub.add_parser("cluster", help="render a file that runs a sweep on a cluster (KubeRay, Slurm, ray up)",
                              description="Files for the clusters people have: a KubeRay RayJob, a Slurm batch script "
                                          "or a ray up cluster YAML, pinned to the Ray and tunebudget installed here.")
@@ -632,61 +704,8 @@ def add_render_commands(sub: Any) -> None:
                                description="Write a ready file for a sweep of SPACE: the sweep flags are tunebudget "
                                            "sweep's; the file runs it with --resume-or-start, so a retry continues it.")
     tsub = render_p.add_subparsers(dest="target", required=True, metavar="TARGET")
-    helps = {"rayjob": "KubeRay RayJob manifest (kubectl apply -f)", "slurm": "Slurm batch script (sbatch)",
-             "ray-up": "Ray cluster launcher YAML, local provider (ray up)"}
     for target in TARGETS:
-        p = tsub.add_parser(target, help=helps[target], description=helps[target] + ".")
-        p.add_argument("space", help="search-space YAML file")
-        p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
-        p.add_argument("--package", default=None, metavar="REQUIREMENT",
-                       help="pip requirement that installs tunebudget on the nodes (default: tunebudget==<this "
-                            "version>; a wheel URL or git+https://... works too)")
-        if target != "ray-up":
-            p.add_argument("--cpus-per-node", type=int, default=4, help="CPUs of each node (default 4)")
-            p.add_argument("--gpus-per-node", type=int, default=None,
-                           help="whole GPUs of each worker node (default: enough for one trial when trials ask for "
-                                "GPUs)")
-        if target == "rayjob":
-            p.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
-            p.add_argument("--workers", type=int, default=1, help="worker pods (default 1)")
-            p.add_argument("--memory-per-node", default="8Gi", help="memory of each worker pod (default 8Gi)")
-            p.add_argument("--head-memory", default="4Gi", help="memory of the head pod, where the sweep's driver "
-                           "runs (default 4Gi)")
-            p.add_argument("--image", help="container image (default: rayproject/ray:<ray>-py<xy>[-gpu], tunebudget "
-                           "pip-installed through the runtime env)")
-            p.add_argument("--containerfile", metavar="FILE", help="also write a Containerfile that installs "
-                           "tunebudget on the Ray image; build it as --image (then no pip install at run time)")
-            p.add_argument("--pvc", metavar="NAME", help=f"a ReadWriteMany volume claim (rendered too) mounted at "
-                           f"{PVC_MOUNT}: the storage path and the Optuna sqlite study")
-            p.add_argument("--pvc-size", default="10Gi", help="the volume's size (default 10Gi)")
-            p.add_argument("--storage-class", help="the volume's storage class (default: the cluster's default)")
-            p.add_argument("--env-secret", metavar="SECRET", help="a Secret whose keys become environment variables "
-                           "of every pod (object store and MLflow credentials)")
-            p.add_argument("--ttl", type=_nonneg("--ttl"), default=3600, metavar="SECONDS",
-                           help="seconds the finished job's cluster is kept (ttlSecondsAfterFinished; default 3600)")
-            p.add_argument("--backoff-limit", type=_nonneg("--backoff-limit"), default=2,
-                           help="retries of a failed job, each continuing the sweep (default 2)")
-        elif target == "slurm":
-            p.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
-            p.add_argument("--partition", help="Slurm partition")
-            p.add_argument("--time", help="time limit, e.g. 4:00:00")
-            p.add_argument("--exclusive", action="store_true", help="whole nodes (#SBATCH --exclusive)")
-            p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
-            p.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
-            p.add_argument("--ports-from", type=int, default=20000, metavar="PORT",
-                           help="every other Ray port is explicit, from this one up (PORT..PORT+6; workers "
-                                "PORT+100..PORT+999; default 20000)")
-            p.add_argument("--symmetric-run", action="store_true",
-                           help="start the nodes and run the sweep with ray symmetric-run (Ray >= 2.49)")
-        else:
-            p.add_argument("--head-ip", help="the head machine's address")
-            p.add_argument("--worker-ips", metavar="IP,IP", help="the worker machines, comma-separated")
-            p.add_argument("--ssh-user", help="the SSH account on every machine")
-            p.add_argument("--ssh-key", help="the SSH private key (default: ssh's own)")
-        add_sweep_flags(p.add_argument_group(
-            "sweep options", "as tunebudget sweep's (--name required; --address, --resume and --quiet are the "
-            "file's own: it runs the sweep with --resume-or-start --quiet)"))
-        p.set_defaults(func=cmd_render, target=target)
+        _add_target(tsub, target)
 
 
 def _nonneg(flag: str):

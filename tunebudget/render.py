@@ -184,15 +184,18 @@ def _containerfile(gpu: bool, package: str) -> str:
 
 # ---- RayJob (KubeRay) --------------------------------------------------------------------------
 
-def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
-    name = opts.name
+def _check_rayjob_names(args: Any, name: str) -> None:
+    """--name and --namespace: Kubernetes names (the RayJob's at most MAX_RAYJOB_NAME characters)."""
     if len(name) > MAX_RAYJOB_NAME or not _DNS_LABEL.fullmatch(name):
         raise TuneBudgetError(f"--name {name[:60]!r}: a RayJob's name is a Kubernetes name of at most "
                               f"{MAX_RAYJOB_NAME} characters: lower-case letters, digits and '-', e.g. --name lr-sweep-1")
     if not _DNS_LABEL.fullmatch(args.namespace or ""):
         raise TuneBudgetError(f"--namespace {args.namespace!r}: a Kubernetes namespace is lower-case letters, digits "
                               "and '-'")
-    tracking = _tracking_for_multinode(opts.tracking_uri, "a RayJob (its head pod goes when the job ends)")
+
+
+def _rayjob_storage(args: Any, opts: Any) -> tuple[str, str]:
+    """The sweep's storage path and Optuna storage, both reached by every pod and a retried head."""
     storage = opts.storage_path
     if storage and not re.match(rf"^({'|'.join(_OBJECT_STORES)})://[^/]", storage):
         raise TuneBudgetError(f"--storage-path {storage}: a RayJob's storage is an object store URI (s3://bucket/prefix, "
@@ -213,80 +216,118 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
     elif optuna.startswith("sqlite:") and not (args.pvc and optuna.startswith(f"sqlite:///{PVC_MOUNT}/")):
         raise TuneBudgetError(f"--optuna-storage {optuna}: a sqlite study must be on the volume (--pvc NAME, "
                               f"sqlite:///{PVC_MOUNT}/optuna.db) or the retried head loses it; or give a database server")
+    return storage or f"{PVC_MOUNT}/ray_results", optuna
+
+
+def _check_cpus_per_node(args: Any, cpu_per_trial: float) -> None:
+    """--cpus-per-node holds one trial's CPUs."""
+    if args.cpus_per_node < cpu_per_trial:
+        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu_per_trial:g} CPUs; give "
+                              f"--cpus-per-node {math.ceil(cpu_per_trial)} or more")
+
+
+def _rayjob_worker_gpus(args: Any, space: Any, opts: Any) -> int:
+    """--workers, --cpus-per-node and --containerfile checked; the GPUs of each worker pod."""
     _check_count("--workers", args.workers, 1)
     cpu, gpu = _per_trial(opts, space)
     node_gpus = _node_gpus(args, gpu)
-    if args.cpus_per_node < cpu:
-        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu:g} CPUs; give "
-                              f"--cpus-per-node {math.ceil(cpu)} or more")
+    _check_cpus_per_node(args, cpu)
     _check_count("--cpus-per-node", args.cpus_per_node, 1)
     if args.containerfile and not args.image:
         raise TuneBudgetError("--containerfile: give --image REGISTRY/NAME:TAG too, the image you will build from it "
                               "and push (the manifest runs it)")
-    v = versions()
-    image = args.image or ray_image(node_gpus > 0)
+    return node_gpus
+
+
+def _runtime_env(args: Any) -> dict[str, Any]:
+    """The job's runtime env: tunebudget pip-installed unless the image has it (--image, --containerfile)."""
     runtime_env: dict[str, Any] = {"env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
     if not args.containerfile and not args.image:
         runtime_env = {"pip": [args.package], **runtime_env}
-    space_file = f"{SPACE_DIR}/space.yaml"
-    storage_path = storage or f"{PVC_MOUNT}/ray_results"
-    command = sweep_command(space_file, opts, {"--storage-path": storage_path, "--tracking-uri": tracking,
-                                               "--optuna-storage": optuna})
-    mounts = [{"name": "space", "mountPath": SPACE_DIR, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "space", "configMap": {"name": f"{name}-space"}}]
-    if args.pvc:
-        mounts.append({"name": "storage", "mountPath": PVC_MOUNT})
-        volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": args.pvc}})
-    env_from = [{"secretRef": {"name": args.env_secret}}] if args.env_secret else []
+    return runtime_env
 
-    def container(role: str, cpus: int, memory: str, gpus: int, head: bool) -> dict[str, Any]:
+
+@dataclass
+class _Pods:
+    """What the head and worker pods share: the image, the volumes and their mounts, the Secret's env."""
+    image: str
+    mounts: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+    env_from: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, args: Any, name: str, node_gpus: int) -> "_Pods":
+        """The space's ConfigMap (head only), the --pvc volume (every pod) and --env-secret."""
+        mounts = [{"name": "space", "mountPath": SPACE_DIR, "readOnly": True}]
+        volumes: list[dict[str, Any]] = [{"name": "space", "configMap": {"name": f"{name}-space"}}]
+        if args.pvc:
+            mounts.append({"name": "storage", "mountPath": PVC_MOUNT})
+            volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": args.pvc}})
+        env_from = [{"secretRef": {"name": args.env_secret}}] if args.env_secret else []
+        return cls(args.image or ray_image(node_gpus > 0), mounts, volumes, env_from)
+
+    def container(self, role: str, cpus: int, memory: str, gpus: int, head: bool) -> dict[str, Any]:
+        """One Ray container: limits = requests; the head's has the space mounted and Ray's ports."""
         limits: dict[str, Any] = {"cpu": str(cpus), "memory": memory}
         if gpus:
             limits["nvidia.com/gpu"] = gpus
-        c: dict[str, Any] = {"name": role, "image": image, "resources": {"limits": limits, "requests": dict(limits)},
-                             "volumeMounts": mounts if head else [m for m in mounts if m["name"] != "space"]}
+        c: dict[str, Any] = {"name": role, "image": self.image, "resources": {"limits": limits, "requests": dict(limits)},
+                             "volumeMounts": self.mounts if head else [m for m in self.mounts if m["name"] != "space"]}
         if head:
             c["ports"] = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
                           {"containerPort": 10001, "name": "client"}]
-        if env_from:
-            c["envFrom"] = env_from
+        if self.env_from:
+            c["envFrom"] = self.env_from
         return c
 
-    worker_pod: dict[str, Any] = {"containers": [container("ray-worker", args.cpus_per_node, args.memory_per_node,
-                                                           node_gpus, False)],
-                                  "volumes": [v_ for v_ in volumes if v_["name"] != "space"]}
-    if node_gpus:
-        worker_pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    if not worker_pod["volumes"]:
-        del worker_pod["volumes"]
-    labels = {"app.kubernetes.io/name": "tunebudget", "app.kubernetes.io/instance": name}
-    rayjob = {
+    def head_pod(self, args: Any) -> dict[str, Any]:
+        """The head pod's spec: one CPU for the sweep's driver, every volume."""
+        return {"containers": [self.container("ray-head", 1, args.head_memory, 0, True)], "volumes": self.volumes}
+
+    def worker_pod(self, args: Any, node_gpus: int) -> dict[str, Any]:
+        """A worker pod's spec: the trials' CPUs and GPUs (tolerating GPU taints), the volume but not the space."""
+        pod: dict[str, Any] = {"containers": [self.container("ray-worker", args.cpus_per_node, args.memory_per_node,
+                                                             node_gpus, False)],
+                               "volumes": [v_ for v_ in self.volumes if v_["name"] != "space"]}
+        if node_gpus:
+            pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        if not pod["volumes"]:
+            del pod["volumes"]
+        return pod
+
+
+def _rayjob_doc(args: Any, name: str, command: list[str], pods: _Pods, node_gpus: int,
+                labels: dict[str, str]) -> dict[str, Any]:
+    """The RayJob: the sweep as entrypoint on a cluster made for it (head + --workers), torn down after."""
+    return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "namespace": args.namespace, "labels": labels},
         "spec": {
             "entrypoint": shlex.join(command),
-            "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=False),
+            "runtimeEnvYAML": yaml.safe_dump(_runtime_env(args), sort_keys=False),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": args.ttl,
             "backoffLimit": args.backoff_limit,
             "rayClusterSpec": {
-                "rayVersion": v["ray"],
+                "rayVersion": versions()["ray"],
                 "headGroupSpec": {
                     # the driver (the sweep) runs on the head; trials go to the workers
                     "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                    "template": {"metadata": {"labels": labels},
-                                 "spec": {"containers": [container("ray-head", 1, args.head_memory, 0, True)],
-                                          "volumes": volumes}},
+                    "template": {"metadata": {"labels": labels}, "spec": pods.head_pod(args)},
                 },
                 "workerGroupSpecs": [{
                     "groupName": "workers", "replicas": args.workers, "minReplicas": args.workers,
                     "maxReplicas": args.workers, "rayStartParams": {},
-                    "template": {"metadata": {"labels": labels}, "spec": worker_pod},
+                    "template": {"metadata": {"labels": labels}, "spec": pods.worker_pod(args, node_gpus)},
                 }],
             },
         },
     }
+
+
+def _rayjob_extras(args: Any, space: Any, name: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The documents before the RayJob: the space file's ConfigMap, and the --pvc volume claim."""
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": f"{name}-space", "namespace": args.namespace, "labels": labels},
                  "data": {"space.yaml": Path(space.path).read_text()}}
@@ -299,9 +340,14 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
         if args.storage_class:
             pvc["spec"]["storageClassName"] = args.storage_class
         docs.append(pvc)
-    docs.append(rayjob)
+    return docs
+
+
+def _rayjob_comment(args: Any, name: str, node_gpus: int) -> str:
+    """The manifest's header: how to apply and watch it, what it is, what the cluster needs."""
+    v = versions()
     built = f"; build --image from {args.containerfile} first" if args.containerfile else ""
-    head = _head_comment([
+    return _head_comment([
         f"Submit with: kubectl apply -f {args.output}{built}",
         f"then: kubectl get rayjob {name} -n {args.namespace} -w ; logs: kubectl logs -n {args.namespace} -l "
         f"job-name={name} -f",
@@ -310,8 +356,22 @@ def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
         "operator" + (", a ReadWriteMany storage class" if args.pvc else "") +
         (" and the NVIDIA device plugin" if node_gpus else "") + ".",
     ])
+
+
+def render_rayjob(args: Any, space: Any, opts: Any) -> Rendered:
+    """A KubeRay RayJob manifest (ConfigMap, PVC, RayJob), and the Containerfile's text with --containerfile."""
+    name = opts.name
+    _check_rayjob_names(args, name)
+    tracking = _tracking_for_multinode(opts.tracking_uri, "a RayJob (its head pod goes when the job ends)")
+    storage_path, optuna = _rayjob_storage(args, opts)
+    node_gpus = _rayjob_worker_gpus(args, space, opts)
+    command = sweep_command(f"{SPACE_DIR}/space.yaml", opts, {"--storage-path": storage_path,
+                                                              "--tracking-uri": tracking, "--optuna-storage": optuna})
+    labels = {"app.kubernetes.io/name": "tunebudget", "app.kubernetes.io/instance": name}
+    pods = _Pods.of(args, name, node_gpus)
+    docs = _rayjob_extras(args, space, name, labels) + [_rayjob_doc(args, name, command, pods, node_gpus, labels)]
     cf = _containerfile(node_gpus > 0, args.package) if args.containerfile else None
-    return Rendered(head + "---\n" + _dump(docs), cf)
+    return Rendered(_rayjob_comment(args, name, node_gpus) + "---\n" + _dump(docs), cf)
 
 
 # ---- Slurm ---------------------------------------------------------------------------------------
@@ -321,121 +381,165 @@ _PORT_FLAGS = ("node-manager-port", "object-manager-port", "ray-client-server-po
                "dashboard-agent-listen-port", "metrics-export-port", "runtime-env-agent-port")
 
 
-def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
+def _slurm_node_gpus(args: Any, space: Any, opts: Any) -> int:
+    """--nodes and --cpus-per-node checked; the GPUs of each node."""
     _check_count("--nodes", args.nodes, 1)
     cpu, gpu = _per_trial(opts, space)
-    if args.cpus_per_node < cpu:
-        raise TuneBudgetError(f"--cpus-per-node {args.cpus_per_node}: a trial asks for {cpu:g} CPUs; give "
-                              f"--cpus-per-node {math.ceil(cpu)} or more")
-    node_gpus = _node_gpus(args, gpu)
+    _check_cpus_per_node(args, cpu)
+    return _node_gpus(args, gpu)
+
+
+def _slurm_tracking(args: Any, opts: Any) -> str:
+    """The MLflow URI: a server for several nodes, else --tracking-uri or an absolute ./mlflow store."""
     tracking = opts.tracking_uri
     if args.nodes > 1:
         tracking = _tracking_for_multinode(tracking, f"a sweep on {args.nodes} nodes")
     elif not tracking:  # the sweep's own default, ./mlflow, made absolute: the step's directory may differ
         tracking = f"sqlite:///{Path.cwd() / 'mlflow' / 'mlflow.db'}"
+    return tracking
+
+
+def _check_slurm_ports_and_time(args: Any) -> None:
+    """--port, --dashboard-port, --ports-from (its 1000 ports) and --time."""
     for flag, port in (("--port", args.port), ("--dashboard-port", args.dashboard_port), ("--ports-from", args.ports_from)):
         if not 1024 <= port <= 65535 - (1000 if flag == "--ports-from" else 0):
             raise TuneBudgetError(f"{flag} {port}: must be a port between 1024 and 65535 (--ports-from: its 1000 ports)")
     if args.time and not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", args.time):
         raise TuneBudgetError(f"--time {args.time!r}: a Slurm time limit such as 4:00:00 or 1-00:00:00")
+
+
+def _slurm_storage(opts: Any) -> str:
+    """--storage-path (default ./ray_results), a local one made absolute."""
     storage = opts.storage_path or str(Path.cwd() / "ray_results")
     if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", storage):
         storage = str(Path(storage).expanduser().resolve())
-    space_path = str(Path(space.path).resolve())
+    return storage
+
+
+def _slurm_header(args: Any, opts: Any, space_path: str, node_gpus: int) -> list[Optional[str]]:
+    """The shebang, the comment on how to submit it, the #SBATCH lines (None where a flag is not given)."""
     v = versions()
+    return ["#!/bin/bash",
+            f"# Submit with: sbatch {args.output}",
+            f"# Slurm batch script for sweep {opts.name}, rendered by tunebudget {v['tunebudget']} for Ray {v['ray']}"
+            f" ({'ray symmetric-run' if args.symmetric_run else 'ray start --head / srun ray start --address'}).",
+            f"# Every node needs Ray {v['ray']} and tunebudget {v['tunebudget']} on PATH (activate the environment",
+            "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts;",
+            f"# the head node reads the space file from {space_path}.",
+            "# A requeue (scontrol requeue, preemption) continues the same sweep: --resume-or-start.",
+            f"#SBATCH --job-name={opts.name}",
+            f"#SBATCH --nodes={args.nodes}",
+            "#SBATCH --ntasks-per-node=1",
+            f"#SBATCH --cpus-per-task={args.cpus_per_node}",
+            "#SBATCH --exclusive" if args.exclusive else None,
+            f"#SBATCH --gpus-per-node={node_gpus}" if node_gpus else None,
+            f"#SBATCH --partition={args.partition}" if args.partition else None,
+            f"#SBATCH --time={args.time}" if args.time else None,
+            f"#SBATCH --output={opts.name}-%j.out",
+            "#SBATCH --requeue",
+            "#SBATCH --open-mode=append"]
+
+
+def _slurm_setup(args: Any) -> list[str]:
+    """The ports, each node's `ray start` arguments, the allocation's nodes and the head's address."""
     p = args.ports_from
     ports = {flag: p + i for i, flag in enumerate(_PORT_FLAGS)}
-    sweep = sweep_command(space_path, opts, {"--storage-path": storage, "--tracking-uri": tracking})
-    lines = ["#!/bin/bash",
-             f"# Submit with: sbatch {args.output}",
-             f"# Slurm batch script for sweep {opts.name}, rendered by tunebudget {v['tunebudget']} for Ray {v['ray']}"
-             f" ({'ray symmetric-run' if args.symmetric_run else 'ray start --head / srun ray start --address'}).",
-             f"# Every node needs Ray {v['ray']} and tunebudget {v['tunebudget']} on PATH (activate the environment",
-             "# before sbatch: srun passes the environment on), and --storage-path on storage every node mounts;",
-             f"# the head node reads the space file from {space_path}.",
-             "# A requeue (scontrol requeue, preemption) continues the same sweep: --resume-or-start.",
-             f"#SBATCH --job-name={opts.name}",
-             f"#SBATCH --nodes={args.nodes}",
-             "#SBATCH --ntasks-per-node=1",
-             f"#SBATCH --cpus-per-task={args.cpus_per_node}",
-             "#SBATCH --exclusive" if args.exclusive else None,
-             f"#SBATCH --gpus-per-node={node_gpus}" if node_gpus else None,
-             f"#SBATCH --partition={args.partition}" if args.partition else None,
-             f"#SBATCH --time={args.time}" if args.time else None,
-             f"#SBATCH --output={opts.name}-%j.out",
-             "#SBATCH --requeue",
-             "#SBATCH --open-mode=append",
-             "set -euo pipefail",
-             "",
-             f"RAY_PORT={args.port}",
-             f"DASHBOARD_PORT={args.dashboard_port}",
-             f"WORKER_PORTS=({p + 100} {p + 999})",
-             "# Slurm gives GPUs per node as N or TYPE:N; Ray wants the count",
-             'GPUS="${SLURM_GPUS_PER_NODE:-0}"',
-             'GPUS="${GPUS##*:}"',
-             'CPUS="${SLURM_CPUS_PER_TASK:-1}"',
-             "# a directory of this job's own: Ray's sockets and logs (kept short, under 108 bytes)",
-             'RAY_TMP="/tmp/ray-${SLURM_JOB_ID}"',
-             "NODE_ARGS=(--num-cpus \"$CPUS\" --num-gpus \"$GPUS\" --temp-dir \"$RAY_TMP\" --disable-usage-stats \\",
-             f"  {' '.join(f'--{flag} {port}' for flag, port in ports.items())} \\",
-             '  --min-worker-port "${WORKER_PORTS[0]}" --max-worker-port "${WORKER_PORTS[1]}")',
-             "",
-             'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
-             'HEAD_NODE="${NODES[0]}"',
-             'HEAD_IP="$(srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" hostname --ip-address | awk \'{print $1}\')"',
-             'ADDRESS="$HEAD_IP:$RAY_PORT"',
-             'echo "Ray head: $HEAD_NODE ($ADDRESS), ${#NODES[@]} node(s), $CPUS CPUs and $GPUS GPUs each"',
-             ]
+    return ["set -euo pipefail",
+            "",
+            f"RAY_PORT={args.port}",
+            f"DASHBOARD_PORT={args.dashboard_port}",
+            f"WORKER_PORTS=({p + 100} {p + 999})",
+            "# Slurm gives GPUs per node as N or TYPE:N; Ray wants the count",
+            'GPUS="${SLURM_GPUS_PER_NODE:-0}"',
+            'GPUS="${GPUS##*:}"',
+            'CPUS="${SLURM_CPUS_PER_TASK:-1}"',
+            "# a directory of this job's own: Ray's sockets and logs (kept short, under 108 bytes)",
+            'RAY_TMP="/tmp/ray-${SLURM_JOB_ID}"',
+            "NODE_ARGS=(--num-cpus \"$CPUS\" --num-gpus \"$GPUS\" --temp-dir \"$RAY_TMP\" --disable-usage-stats \\",
+            f"  {' '.join(f'--{flag} {port}' for flag, port in ports.items())} \\",
+            '  --min-worker-port "${WORKER_PORTS[0]}" --max-worker-port "${WORKER_PORTS[1]}")',
+            "",
+            'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+            'HEAD_NODE="${NODES[0]}"',
+            'HEAD_IP="$(srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" hostname --ip-address | awk \'{print $1}\')"',
+            'ADDRESS="$HEAD_IP:$RAY_PORT"',
+            'echo "Ray head: $HEAD_NODE ($ADDRESS), ${#NODES[@]} node(s), $CPUS CPUs and $GPUS GPUs each"',
+            ]
+
+
+def _slurm_symmetric(sweep_q: str) -> list[str]:
+    """The ray symmetric-run form: one step starts Ray on every node and runs the sweep on the head's."""
+    return ["# one task per node: each starts Ray, the head's runs the sweep, all stop when it ends",
+            "srun --nodes=\"${#NODES[@]}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
+            "--min-nodes \"${#NODES[@]}\" --dashboard-port \"$DASHBOARD_PORT\" \"${NODE_ARGS[@]}\" -- \\",
+            f"  {sweep_q} --address \"$ADDRESS\""]
+
+
+def _slurm_start_nodes() -> list[str]:
+    """The classic form's start: `ray start --head` on the head node, then `ray start --address` on the others."""
+    return ["",
+            "# Ray on every node, each as a step of its own in the background (srun passes SIGTERM on to",
+            "# `ray start --block`, which then stops its node: no `ray stop`, which would stop every Ray of the",
+            "# account on a shared node)",
+            "STEPS=()",
+            'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" ray start --head --block '
+            '--node-ip-address="$HEAD_IP" --port="$RAY_PORT" \\',
+            '  --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" "${NODE_ARGS[@]}" &',
+            'STEPS+=("$!")',
+            "for _ in $(seq 90); do  # the head answers within a few seconds; give it three minutes",
+            '  if ray health-check --address "$ADDRESS" >/dev/null 2>&1; then break; fi',
+            "  sleep 2",
+            "done",
+            'ray health-check --address "$ADDRESS"',
+            'for node in "${NODES[@]:1}"; do',
+            '  srun --nodes=1 --ntasks=1 --overlap -w "$node" ray start --block --address "$ADDRESS" '
+            '"${NODE_ARGS[@]}" &',
+            '  STEPS+=("$!")',
+            "done"]
+
+
+def _slurm_run_sweep(sweep_q: str) -> list[str]:
+    """The classic form's end: wait for every node, run the sweep on the head node, stop the nodes' steps."""
+    return ["# every node of the allocation in the cluster before the sweep plans its concurrency",
+            'python3 - "$ADDRESS" "${#NODES[@]}" <<\'PY\'',
+            "import sys, time",
+            "import ray",
+            'ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)',
+            "deadline = time.time() + 300",
+            'while (alive := sum(n["Alive"] for n in ray.nodes())) < int(sys.argv[2]):',
+            "    if time.time() > deadline:",
+            '        sys.exit(f"only {alive} of {sys.argv[2]} nodes joined the Ray cluster in 5 minutes")',
+            "    time.sleep(2)",
+            "PY",
+            "",
+            "# the sweep is the job's step, on the head node",
+            'status=0',
+            f'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" {sweep_q} --address "$ADDRESS" || status=$?',
+            'kill -TERM "${STEPS[@]}" 2>/dev/null || true',
+            'wait || true',
+            'exit "$status"']
+
+
+def render_slurm(args: Any, space: Any, opts: Any) -> Rendered:
+    """An sbatch script: Ray on every node of the allocation, the sweep on the head node."""
+    node_gpus = _slurm_node_gpus(args, space, opts)
+    tracking = _slurm_tracking(args, opts)
+    _check_slurm_ports_and_time(args)
+    space_path = str(Path(space.path).resolve())
+    sweep = sweep_command(space_path, opts, {"--storage-path": _slurm_storage(opts), "--tracking-uri": tracking})
     sweep_q = " ".join(shlex.quote(a) for a in sweep)
+    lines = _slurm_header(args, opts, space_path, node_gpus) + _slurm_setup(args)
     if args.symmetric_run:
-        lines += ["# one task per node: each starts Ray, the head's runs the sweep, all stop when it ends",
-                  "srun --nodes=\"${#NODES[@]}\" --ntasks-per-node=1 ray symmetric-run --address \"$ADDRESS\" "
-                  "--min-nodes \"${#NODES[@]}\" --dashboard-port \"$DASHBOARD_PORT\" \"${NODE_ARGS[@]}\" -- \\",
-                  f"  {sweep_q} --address \"$ADDRESS\""]
+        lines += _slurm_symmetric(sweep_q)
     else:
-        lines += ["",
-                  "# Ray on every node, each as a step of its own in the background (srun passes SIGTERM on to",
-                  "# `ray start --block`, which then stops its node: no `ray stop`, which would stop every Ray of the",
-                  "# account on a shared node)",
-                  "STEPS=()",
-                  'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" ray start --head --block '
-                  '--node-ip-address="$HEAD_IP" --port="$RAY_PORT" \\',
-                  '  --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" "${NODE_ARGS[@]}" &',
-                  'STEPS+=("$!")',
-                  "for _ in $(seq 90); do  # the head answers within a few seconds; give it three minutes",
-                  '  if ray health-check --address "$ADDRESS" >/dev/null 2>&1; then break; fi',
-                  "  sleep 2",
-                  "done",
-                  'ray health-check --address "$ADDRESS"',
-                  'for node in "${NODES[@]:1}"; do',
-                  '  srun --nodes=1 --ntasks=1 --overlap -w "$node" ray start --block --address "$ADDRESS" '
-                  '"${NODE_ARGS[@]}" &',
-                  '  STEPS+=("$!")',
-                  "done",
-                  "# every node of the allocation in the cluster before the sweep plans its concurrency",
-                  'python3 - "$ADDRESS" "${#NODES[@]}" <<\'PY\'',
-                  "import sys, time",
-                  "import ray",
-                  'ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)',
-                  "deadline = time.time() + 300",
-                  'while (alive := sum(n["Alive"] for n in ray.nodes())) < int(sys.argv[2]):',
-                  "    if time.time() > deadline:",
-                  '        sys.exit(f"only {alive} of {sys.argv[2]} nodes joined the Ray cluster in 5 minutes")',
-                  "    time.sleep(2)",
-                  "PY",
-                  "",
-                  "# the sweep is the job's step, on the head node",
-                  'status=0',
-                  f'srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" {sweep_q} --address "$ADDRESS" || status=$?',
-                  'kill -TERM "${STEPS[@]}" 2>/dev/null || true',
-                  'wait || true',
-                  'exit "$status"']
+        lines += _slurm_start_nodes() + _slurm_run_sweep(sweep_q)
     return Rendered("\n".join(line for line in lines if line is not None) + "\n")
 
 
 # ---- ray up (the cluster launcher) --------------------------------------------------------------
 
 def render_ray_up(args: Any, space: Any, opts: Any) -> Rendered:
+    """A `ray up` cluster YAML (local provider), its header saying how to run the sweep with `ray exec`."""
     if not args.head_ip:
         raise TuneBudgetError("--head-ip: required: the address of the machine that becomes the head (ray up's local "
                               "provider), e.g. --head-ip 10.0.0.1")
@@ -517,10 +621,81 @@ def write_rendered(target: str, args: Any) -> list[Path]:
     return written
 
 
-def add_render_commands(sub: Any) -> None:
-    """``cluster render {rayjob, slurm, ray-up}`` under the CLI's subcommands."""
+def _add_rayjob_flags(p: Any) -> None:
+    """The flags of ``cluster render rayjob``: namespace, pods, image, volume, Secret, retries."""
+    p.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
+    p.add_argument("--workers", type=int, default=1, help="worker pods (default 1)")
+    p.add_argument("--memory-per-node", default="8Gi", help="memory of each worker pod (default 8Gi)")
+    p.add_argument("--head-memory", default="4Gi", help="memory of the head pod, where the sweep's driver "
+                   "runs (default 4Gi)")
+    p.add_argument("--image", help="container image (default: rayproject/ray:<ray>-py<xy>[-gpu], tunebudget "
+                   "pip-installed through the runtime env)")
+    p.add_argument("--containerfile", metavar="FILE", help="also write a Containerfile that installs "
+                   "tunebudget on the Ray image; build it as --image (then no pip install at run time)")
+    p.add_argument("--pvc", metavar="NAME", help=f"a ReadWriteMany volume claim (rendered too) mounted at "
+                   f"{PVC_MOUNT}: the storage path and the Optuna sqlite study")
+    p.add_argument("--pvc-size", default="10Gi", help="the volume's size (default 10Gi)")
+    p.add_argument("--storage-class", help="the volume's storage class (default: the cluster's default)")
+    p.add_argument("--env-secret", metavar="SECRET", help="a Secret whose keys become environment variables "
+                   "of every pod (object store and MLflow credentials)")
+    p.add_argument("--ttl", type=_nonneg("--ttl"), default=3600, metavar="SECONDS",
+                   help="seconds the finished job's cluster is kept (ttlSecondsAfterFinished; default 3600)")
+    p.add_argument("--backoff-limit", type=_nonneg("--backoff-limit"), default=2,
+                   help="retries of a failed job, each continuing the sweep (default 2)")
+
+
+def _add_slurm_flags(p: Any) -> None:
+    """The flags of ``cluster render slurm``: the allocation, Ray's ports, the symmetric-run form."""
+    p.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--time", help="time limit, e.g. 4:00:00")
+    p.add_argument("--exclusive", action="store_true", help="whole nodes (#SBATCH --exclusive)")
+    p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
+    p.add_argument("--ports-from", type=int, default=20000, metavar="PORT",
+                   help="every other Ray port is explicit, from this one up (PORT..PORT+6; workers "
+                        "PORT+100..PORT+999; default 20000)")
+    p.add_argument("--symmetric-run", action="store_true",
+                   help="start the nodes and run the sweep with ray symmetric-run (Ray >= 2.49)")
+
+
+def _add_ray_up_flags(p: Any) -> None:
+    """The flags of ``cluster render ray-up``: the machines and the SSH login."""
+    p.add_argument("--head-ip", help="the head machine's address")
+    p.add_argument("--worker-ips", metavar="IP,IP", help="the worker machines, comma-separated")
+    p.add_argument("--ssh-user", help="the SSH account on every machine")
+    p.add_argument("--ssh-key", help="the SSH private key (default: ssh's own)")
+
+
+_TARGET_HELP = {"rayjob": "KubeRay RayJob manifest (kubectl apply -f)", "slurm": "Slurm batch script (sbatch)",
+                "ray-up": "Ray cluster launcher YAML, local provider (ray up)"}
+_TARGET_FLAGS = {"rayjob": _add_rayjob_flags, "slurm": _add_slurm_flags, "ray-up": _add_ray_up_flags}
+
+
+def _add_target(tsub: Any, target: str) -> None:
+    """``cluster render TARGET``: the space, -o, --package, the node flags, the target's own, the sweep's."""
     from tunebudget.options import add_sweep_flags
 
+    p = tsub.add_parser(target, help=_TARGET_HELP[target], description=_TARGET_HELP[target] + ".")
+    p.add_argument("space", help="search-space YAML file")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--package", default=None, metavar="REQUIREMENT",
+                   help="pip requirement that installs tunebudget on the nodes (default: tunebudget==<this "
+                        "version>; a wheel URL or git+https://... works too)")
+    if target != "ray-up":
+        p.add_argument("--cpus-per-node", type=int, default=4, help="CPUs of each node (default 4)")
+        p.add_argument("--gpus-per-node", type=int, default=None,
+                       help="whole GPUs of each worker node (default: enough for one trial when trials ask for "
+                            "GPUs)")
+    _TARGET_FLAGS[target](p)
+    add_sweep_flags(p.add_argument_group(
+        "sweep options", "as tunebudget sweep's (--name required; --address, --resume and --quiet are the "
+        "file's own: it runs the sweep with --resume-or-start --quiet)"))
+    p.set_defaults(func=cmd_render, target=target)
+
+
+def add_render_commands(sub: Any) -> None:
+    """``cluster render {rayjob, slurm, ray-up}`` under the CLI's subcommands."""
     cluster = sub.add_parser("cluster", help="render a file that runs a sweep on a cluster (KubeRay, Slurm, ray up)",
                              description="Files for the clusters people have: a KubeRay RayJob, a Slurm batch script "
                                          "or a ray up cluster YAML, pinned to the Ray and tunebudget installed here.")
@@ -529,61 +704,8 @@ def add_render_commands(sub: Any) -> None:
                                description="Write a ready file for a sweep of SPACE: the sweep flags are tunebudget "
                                            "sweep's; the file runs it with --resume-or-start, so a retry continues it.")
     tsub = render_p.add_subparsers(dest="target", required=True, metavar="TARGET")
-    helps = {"rayjob": "KubeRay RayJob manifest (kubectl apply -f)", "slurm": "Slurm batch script (sbatch)",
-             "ray-up": "Ray cluster launcher YAML, local provider (ray up)"}
     for target in TARGETS:
-        p = tsub.add_parser(target, help=helps[target], description=helps[target] + ".")
-        p.add_argument("space", help="search-space YAML file")
-        p.add_argument("-o", "--output", required=True, metavar="FILE", help="the file to write")
-        p.add_argument("--package", default=None, metavar="REQUIREMENT",
-                       help="pip requirement that installs tunebudget on the nodes (default: tunebudget==<this "
-                            "version>; a wheel URL or git+https://... works too)")
-        if target != "ray-up":
-            p.add_argument("--cpus-per-node", type=int, default=4, help="CPUs of each node (default 4)")
-            p.add_argument("--gpus-per-node", type=int, default=None,
-                           help="whole GPUs of each worker node (default: enough for one trial when trials ask for "
-                                "GPUs)")
-        if target == "rayjob":
-            p.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
-            p.add_argument("--workers", type=int, default=1, help="worker pods (default 1)")
-            p.add_argument("--memory-per-node", default="8Gi", help="memory of each worker pod (default 8Gi)")
-            p.add_argument("--head-memory", default="4Gi", help="memory of the head pod, where the sweep's driver "
-                           "runs (default 4Gi)")
-            p.add_argument("--image", help="container image (default: rayproject/ray:<ray>-py<xy>[-gpu], tunebudget "
-                           "pip-installed through the runtime env)")
-            p.add_argument("--containerfile", metavar="FILE", help="also write a Containerfile that installs "
-                           "tunebudget on the Ray image; build it as --image (then no pip install at run time)")
-            p.add_argument("--pvc", metavar="NAME", help=f"a ReadWriteMany volume claim (rendered too) mounted at "
-                           f"{PVC_MOUNT}: the storage path and the Optuna sqlite study")
-            p.add_argument("--pvc-size", default="10Gi", help="the volume's size (default 10Gi)")
-            p.add_argument("--storage-class", help="the volume's storage class (default: the cluster's default)")
-            p.add_argument("--env-secret", metavar="SECRET", help="a Secret whose keys become environment variables "
-                           "of every pod (object store and MLflow credentials)")
-            p.add_argument("--ttl", type=_nonneg("--ttl"), default=3600, metavar="SECONDS",
-                           help="seconds the finished job's cluster is kept (ttlSecondsAfterFinished; default 3600)")
-            p.add_argument("--backoff-limit", type=_nonneg("--backoff-limit"), default=2,
-                           help="retries of a failed job, each continuing the sweep (default 2)")
-        elif target == "slurm":
-            p.add_argument("--nodes", type=int, default=1, help="nodes of the allocation (default 1)")
-            p.add_argument("--partition", help="Slurm partition")
-            p.add_argument("--time", help="time limit, e.g. 4:00:00")
-            p.add_argument("--exclusive", action="store_true", help="whole nodes (#SBATCH --exclusive)")
-            p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
-            p.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port (default 8265)")
-            p.add_argument("--ports-from", type=int, default=20000, metavar="PORT",
-                           help="every other Ray port is explicit, from this one up (PORT..PORT+6; workers "
-                                "PORT+100..PORT+999; default 20000)")
-            p.add_argument("--symmetric-run", action="store_true",
-                           help="start the nodes and run the sweep with ray symmetric-run (Ray >= 2.49)")
-        else:
-            p.add_argument("--head-ip", help="the head machine's address")
-            p.add_argument("--worker-ips", metavar="IP,IP", help="the worker machines, comma-separated")
-            p.add_argument("--ssh-user", help="the SSH account on every machine")
-            p.add_argument("--ssh-key", help="the SSH private key (default: ssh's own)")
-        add_sweep_flags(p.add_argument_group(
-            "sweep options", "as tunebudget sweep's (--name required; --address, --resume and --quiet are the "
-            "file's own: it runs the sweep with --resume-or-start --quiet)"))
-        p.set_defaults(func=cmd_render, target=target)
+        _add_target(tsub, target)
 
 
 def _nonneg(flag: str):

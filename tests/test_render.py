@@ -390,7 +390,7 @@ def test_rayjob_submitter_command_runs_and_a_resubmission_resumes(cli, tmp_path,
 
     server = mlflow_server
     _, text = render(cli, tmp_path, "rayjob", "--name", "replayed", "--tracking-uri", server.url,
-                     "--pvc", "tb-data", "--env-secret", "tb-creds", trials=3, samples=20000)
+                     "--pvc", "tb-data", "--env-secret", "tb-creds", trials=6, samples=20000)
     docs = docs_of(text)
     job = docs["RayJob"]["spec"]
     etc, pvc = tmp_path / "etc", tmp_path / "pvc"
@@ -435,7 +435,9 @@ def test_rayjob_submitter_command_runs_and_a_resubmission_resumes(cli, tmp_path,
     parents, before = sweep_children(client, "replayed")
     assert len(parents) == 1 and parents[0].info.status != "FINISHED"
     done_before = [r for r in before if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"]
-    assert len(done_before) < 5  # stopped mid-search
+    # stopped mid-search: 8 trials of which the stop, after the first, leaves some unfinished even when
+    # the stop is slow to land (with 5, all had finished once on a loaded machine)
+    assert len(done_before) < 6 + 2
     again = submit("replayed-2")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
@@ -445,7 +447,7 @@ def test_rayjob_submitter_command_runs_and_a_resubmission_resumes(cli, tmp_path,
     search = [r for r in children if r.data.tags.get("stage") == "search"]
     trial_ids = [r.data.tags["trial_id"] for r in search if r.info.status == "FINISHED"]
     seen = sorted((r.data.tags.get("stage"), r.data.tags.get("trial_id"), r.info.status) for r in children)
-    assert len(trial_ids) == len(set(trial_ids)) == 3 + 2, (seen, out[-2500:])  # 3 searched + 2 baselines, once each
+    assert len(trial_ids) == len(set(trial_ids)) == 6 + 2, (seen, out[-2500:])  # 6 searched + 2 baselines, once each
     assert {r.info.run_id for r in done_before} <= {r.info.run_id for r in search}  # kept, not run again
 
 

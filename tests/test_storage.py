@@ -221,7 +221,7 @@ def test_resume_finds_the_latest_unfinished_sweep_in_a_bucket(s3, tmp_path):
     import json
 
     from tunebudget.sweep.resume import find_resumable
-    from tunebudget.sweep.store import location
+    from tunebudget.store import location
 
     client, _ = s3
     for name, space_name, stage in (("a", "digits_mlp", "finished"), ("b", "digits_mlp", "search"),
@@ -236,7 +236,7 @@ def test_the_object_store_lock_refuses_a_live_holder_and_takes_over_a_dead_one(s
     import json
 
     from tunebudget.errors import TuneBudgetError
-    from tunebudget.sweep import store
+    from tunebudget import store
 
     client, _ = s3
     monkeypatch.setattr(store, "HEARTBEAT", 0.3)
@@ -275,7 +275,7 @@ def test_each_nodes_probe_reads_the_marker_object_as_tune_will(s3, monkeypatch):
     """The multi-node shared-storage check's per-node probe, on an object: pyarrow with the node's own
     settings (here the endpoint given in the URI's query, not in the environment)."""
     from tunebudget.cluster import _probe
-    from tunebudget.sweep.store import location
+    from tunebudget.store import location
 
     client, env = s3
     endpoint = env["AWS_ENDPOINT_URL"].removeprefix("http://")

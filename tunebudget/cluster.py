@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebudget.errors import TuneBudgetError
-from tunebudget.sweep.store import ObjectPath, is_uri, location
+from tunebudget.store import ObjectPath, is_uri, location
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from tunebudget.options import SweepOptions, merged_sweep
 from tunebudget.policy import BudgetPolicy, policy_from_dict
 from tunebudget.spaces import SearchSpace, SweepSpec
 from tunebudget.sweep.halving import rung_budgets
-from tunebudget.sweep.store import ObjectPath, is_uri, location, normalize
+from tunebudget.store import ObjectPath, is_uri, location, normalize
 from tunebudget.tracking import check_experiment_name, local_store, sqlite_file
 
 log = logging.getLogger(__name__)

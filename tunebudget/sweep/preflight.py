@@ -12,7 +12,7 @@ from typing import Any
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.sweep.plan import Plan
-from tunebudget.sweep.store import check_store, is_uri
+from tunebudget.store import check_store, is_uri
 from tunebudget.tracking import Tracker
 from tunebudget.factory import check_importable
 from tunebudget.util import check_writable_dir

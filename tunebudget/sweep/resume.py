@@ -17,7 +17,7 @@ from tunebudget.errors import TuneBudgetError
 from tunebudget.spaces import SearchSpace
 from tunebudget.options import SweepOptions, flag_of
 from tunebudget.sweep.plan import Plan, make_plan
-from tunebudget.sweep.store import ObjectPath, location, object_lock, write_text
+from tunebudget.store import ObjectPath, location, object_lock, write_text
 
 log = logging.getLogger(__name__)
 

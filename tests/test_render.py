@@ -630,3 +630,13 @@ def test_slurm_script_runs_with_sbatch_and_a_requeue_continues_the_sweep(cli, tm
     finally:
         subprocess.run(["scancel", job], env=slurm.env, capture_output=True, timeout=60)
         shutil.rmtree(f"/tmp/ray-{job}", ignore_errors=True)
+
+
+def test_the_pinned_tunebudget_version_is_the_package_s():
+    """What rendered files pin (and saved models record) is pyproject.toml's version, not a copy that drifts."""
+    import tomllib
+
+    from tunebudget.version import __version__
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"]

@@ -8,8 +8,7 @@ selection for a training loop of your own. Everything else is private.
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.policy import BudgetPolicy, load_policy, policy_from_dict, save_policy
-
-__version__ = "0.1.0"
+from tunebudget.version import __version__
 
 
 def __getattr__(name: str):

@@ -45,7 +45,7 @@ def versions() -> dict[str, str]:
     """What the rendered files pin: Ray, Python (major.minor) and tunebudget, as installed here."""
     import ray
 
-    from tunebudget import __version__
+    from tunebudget.version import __version__
 
     return {"ray": ray.__version__, "python": f"{sys.version_info.major}{sys.version_info.minor}",
             "tunebudget": __version__}

@@ -71,7 +71,7 @@ def save_trained(path: str | os.PathLike[str], model: Any, data: Any, policy: Bu
     """
     import torch
 
-    from tunebudget import __version__
+    from tunebudget.version import __version__
 
     d = check_save_dir(path, "save")
     module = getattr(model, "_orig_mod", model)

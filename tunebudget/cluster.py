@@ -42,17 +42,9 @@ def _probe(path: str, token: str) -> dict[str, Any]:
     """Runs on one node: is the driver's marker there, with the driver's contents?"""
     import os
 
-    try:
-        if "://" in path:  # an object store, read as Ray Tune will (pyarrow, this node's settings)
-            import pyarrow.fs
-
-            fs, at = pyarrow.fs.FileSystem.from_uri(path)
-            with fs.open_input_stream(at) as f:
-                seen = f.read().decode() == token
-        else:
-            with open(path) as f:
-                seen = f.read() == token
-    except (OSError, ValueError):
+    try:  # an object through pyarrow as Ray Tune will read it (this node's credentials and endpoint), or a file
+        seen = location(path).read_text() == token
+    except (OSError, ValueError, TuneBudgetError):
         seen = False
     return {"visible": seen, "hostname": socket.gethostname(), "pid": os.getpid()}
 

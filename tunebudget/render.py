@@ -24,6 +24,7 @@ from typing import Any, Optional
 import yaml
 
 from tunebudget.errors import TuneBudgetError
+from tunebudget.store import is_uri
 
 TARGETS = ("rayjob", "slurm", "ray-up")
 #: Where the RayJob mounts the space file (a ConfigMap) and the ReadWriteMany volume.
@@ -411,7 +412,7 @@ def _check_slurm_ports_and_time(args: Any) -> None:
 def _slurm_storage(opts: Any) -> str:
     """--storage-path (default ./ray_results), a local one made absolute."""
     storage = opts.storage_path or str(Path.cwd() / "ray_results")
-    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", storage):
+    if not is_uri(storage):
         storage = str(Path(storage).expanduser().resolve())
     return storage
 

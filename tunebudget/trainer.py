@@ -38,6 +38,7 @@ from tunebudget.models import build_model, count_parameters, final_linear
 from tunebudget.policy import BudgetPolicy, BudgetSpec, TrainingSpec
 from tunebudget.schedules import lr_multiplier
 from tunebudget.selection import EpochPlan, Passes, SampleSelection, Scorer
+from tunebudget.selection.fit import set_lr
 
 log = logging.getLogger(__name__)
 
@@ -465,9 +466,7 @@ class BudgetTrainer:
                     return "stopped"
                 if not math.isfinite(metrics["train_loss"]):
                     return "diverged"
-            lr = lr_multiplier(t.schedule, p, t.lr_warmup) * t.lr
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(self.optimizer, lr_multiplier(t.schedule, p, t.lr_warmup) * t.lr)
             if plan.online:
                 idx = self.selection.choose(idx, plan.share)
             loss = self._step(idx, None if plan.online else plan.weights, smoothing, stats)

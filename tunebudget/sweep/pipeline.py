@@ -139,12 +139,14 @@ class Sweep:
             raise TuneBudgetError(f"--name {plan.name}: a sweep of that name exists under {plan.storage}; continue "
                                   "it with --resume, or give another --name")
         check_shared_storage(plan.storage)
+        # saved, so that the verdict says how many trials ran at once after a resume too
+        slots = trial_slots(plan, resources)
         if not self.state:
             with self.tracker.writing(f"cannot create the sweep's parent run in experiment {plan.experiment!r}"):
                 ids = start_parent(self.tracker, plan, self.space, resources)
-            self.state = save_state(plan, stage="search", space=as_json(self.space.raw), **ids)
-        # saved, so that the verdict says how many trials ran at once after a resume too
-        self.state = save_state(plan, slots=trial_slots(plan, resources))
+            self.state = save_state(plan, stage="search", space=as_json(self.space.raw), slots=slots, **ids)
+        else:
+            self.state = save_state(plan, slots=slots)
         baselines = len(self.space.baselines)
         notes = [note for note in (capacity_note(plan, resources), idle_round_note(plan, baselines, resources),
                                    ladder_note(plan, baselines)) if note]
@@ -157,17 +159,18 @@ class Sweep:
         t0 = time.perf_counter()
         resume = self.opts.resume
         if self.state.get("stage") == "search":
-            self.search(resume)
+            rows = self.search(resume)
             resume = False
-        rows = [TrialRow.from_json(r) for r in self.state["rows"]]
+        else:
+            rows = [TrialRow.from_json(r) for r in self.state["rows"]]
         candidates, race = self.confirm(rows, resume)
         log.info("confirm stage done after %.1f s", time.perf_counter() - t0)
         outcome = self.finish(rows, candidates, race)
         log.info("verdict and artifacts done after %.1f s", time.perf_counter() - t0)
         return outcome
 
-    def search(self, resume: bool) -> None:
-        """Stage 2: the search; its rows saved with the state, or the sweep refused in one line."""
+    def search(self, resume: bool) -> list[TrialRow]:
+        """Stage 2: the search; its rows, saved with the state, or the sweep refused in one line."""
         plan, space = self.plan, self.space
         labels = {label_key(p): b.name for p, b in zip(space.baseline_points(), space.baselines)}
         t0 = time.perf_counter()
@@ -184,6 +187,7 @@ class Sweep:
         # a resumed search ran in two sittings: its wall time here is only the second one
         efficiency = {} if resume else search_efficiency(rows, wall, self.state.get("slots", plan.sweep.concurrency))
         self.state = save_state(plan, stage="confirm", rows=[r.to_json() for r in rows], efficiency=efficiency)
+        return rows
 
     def confirm(self, rows: list[TrialRow], resume: bool) -> tuple[list[Candidate], Optional[Race]]:
         """Stage 3: the candidates with fresh paired seeds (none: each keeps its search value)."""

@@ -9,13 +9,13 @@ import contextlib
 import json
 import logging
 import shlex
-from dataclasses import fields, replace
+from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from tunebudget.errors import TuneBudgetError
 from tunebudget.spaces import SearchSpace
-from tunebudget.options import SweepOptions, flag_of
+from tunebudget.options import SweepOptions
 from tunebudget.sweep.plan import Plan, make_plan
 from tunebudget.store import ObjectPath, location, object_lock, write_text
 
@@ -132,15 +132,15 @@ _FIXED_ON_RESUME = {"cpus_per_trial": "cpus", "gpus_per_trial": "gpus", "experim
                     "search_seconds": "search_seconds"}
 
 
-def _fixed(plan: Plan, flag: str) -> Any:
-    """What a fixed flag resolved to in ``plan``; ``_NOT_FIXED`` for a flag that may change."""
-    if flag in _FIXED_ON_RESUME:
-        return getattr(plan, _FIXED_ON_RESUME[flag])
-    spec = next(f.metadata.get("spec") for f in fields(SweepOptions) if f.name == flag)
-    return getattr(plan.sweep, spec) if spec else _NOT_FIXED
-
-
 _NOT_FIXED = object()
+
+
+def _fixed(plan: Plan, flag: Field) -> Any:
+    """What a SweepOptions field resolved to in ``plan``; ``_NOT_FIXED`` for a flag that may change."""
+    if flag.name in _FIXED_ON_RESUME:
+        return getattr(plan, _FIXED_ON_RESUME[flag.name])
+    spec = flag.metadata.get("spec")
+    return getattr(plan.sweep, spec) if spec else _NOT_FIXED
 
 
 def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str, Any]]:
@@ -166,11 +166,11 @@ def resume_plan(space: SearchSpace, opts: SweepOptions) -> tuple[Plan, dict[str,
             raise TuneBudgetError(
                 f"--resume: {space.path} changed since sweep {plan.name} started ({changed}); restore it, "
                 "or start a new sweep without --resume")
-    for flag in (f.name for f in fields(SweepOptions)):
-        given, was = getattr(opts, flag), _fixed(plan, flag)
+    for flag in fields(SweepOptions):
+        given, was = getattr(opts, flag.name), _fixed(plan, flag)
         if given is not None and was is not _NOT_FIXED and _fixed(fresh, flag) != was:
             raise TuneBudgetError(
-                f"--resume: {flag_of(flag)} {given} differs from sweep {plan.name}'s {was}; a resumed "
+                f"--resume: {flag.metadata['flag']} {given} differs from sweep {plan.name}'s {was}; a resumed "
                 "sweep keeps its settings: leave the flag out, or start a new sweep")
     if opts.budget is not None and fresh.base.budget != plan.base.budget:
         raise TuneBudgetError(

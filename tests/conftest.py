@@ -41,8 +41,13 @@ def write_yaml(path: Path, data) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run ``python -m tunebudget ARGS`` and return the CompletedProcess (text)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tunebudget", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, "-m", "tunebudget", *args], cwd=cwd or ROOT, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # say what the command had printed: a hang is found from that
+        tail = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(f"tunebudget {' '.join(args)} ran over {timeout} s; its stderr ended:\n"
+                             f"{tail[-4000:]}") from None
 
 
 @pytest.fixture

@@ -105,7 +105,25 @@ def test_resume_or_start_refuses_resume_and_a_missing_name_in_one_line(tmp_path)
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow").exists()  # nothing written
 
 
+def tear_searcher_state(search_dir: Path, phantoms: int) -> None:
+    """Leave the search's saved state as a driver killed between Tune's two uploads can (the searcher's
+    state from a later snapshot than the trials'): the concurrency limiter holds ``phantoms`` live
+    trials, counted as suggested, that Tune's experiment snapshot does not have."""
+    import ray.cloudpickle as cloudpickle
+
+    path = max(search_dir.glob("search_gen_state-*.json"))
+    state = cloudpickle.loads(path.read_bytes())
+    limiter = state["name:ConcurrencyLimiter"]
+    limiter["live_trials"] |= {f"phantom{i}" for i in range(phantoms)}
+    limiter["num_unfinished_live_trials"] += phantoms
+    state["counter"] += phantoms
+    path.write_bytes(cloudpickle.dumps(state))
+
+
 def test_a_killed_sweep_rerun_with_the_same_command_resumes_and_a_finished_one_exits_0(tmp_path):
+    """Killed mid-search, with the searcher's saved state torn from Tune's trials as a kill between
+    uploads can leave it (every concurrency slot held by a trial Tune never ran: the resumed search
+    would wait for ever); the rerun frees those slots, runs the trials still owed and finishes."""
     space = space_file(tmp_path, trials=3, seconds=2.0)
     argv = ["sweep", str(space), "--name", NAME, "--resume-or-start", "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -114,9 +132,12 @@ def test_a_killed_sweep_rerun_with_the_same_command_resumes_and_a_finished_one_e
     before = {r.data.tags["trial_id"]: r.info.run_id for r in runs_of(tmp_path)
               if r.info.status == "FINISHED" and r.data.tags.get("stage") == "search"}
     assert len(before) >= 2
+    tear_searcher_state(state.parent / "search", phantoms=2)  # concurrency is 2
 
-    again = run_cli(*argv, cwd=tmp_path, timeout=900)  # the retry: the very same command line
+    again = run_cli(*argv, cwd=tmp_path, timeout=600)  # the retry: the very same command line
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 live slot(s) of trials Tune never ran freed" in again.stderr, again.stderr[-3000:]
+    assert "the search stalled" not in again.stderr
     assert "Verdict" in again.stdout
     runs = assert_each_trial_logged_once(tmp_path, 3 + 2)
     for trial_id, run_id in before.items():  # what had finished was kept, not run and logged again
@@ -305,3 +326,30 @@ def test_resume_or_start_refuses_a_failed_sweep_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"tunebudget: error: --resume-or-start --name {NAME}: that sweep failed")
     assert not (tmp_path / "mlflow").exists()
+
+
+def test_a_trial_tune_never_ran_frees_its_slot_and_a_baseline_among_them_is_proposed_again(tmp_path):
+    """The guard's reconciliation on its own, on a real Optuna study and Ray's own limiter: of two
+    suggested trials Tune restored only one; the other (a baseline) is closed as failed in the study,
+    its slot freed, the count of suggestions made Tune's, and the baseline is the next suggestion."""
+    import optuna
+    from ray.tune.experiment import Trial
+
+    from tunebudget.sweep.searcher import ResumableOptunaSearch, limited, reconcile
+
+    searcher = ResumableOptunaSearch(space={"x": optuna.distributions.FloatDistribution(0.0, 1.0)}, metric="acc",
+                                     mode="max", points_to_evaluate=[{"x": 0.25}], study_name="s",
+                                     storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    search, _ = limited(searcher, 2)
+    limiter = search.searcher
+    assert limiter.suggest("lost") == {"x": 0.25}
+    assert limiter.suggest("kept") is not None
+    assert limiter.suggest("blocked") is None  # both slots held
+    search._counter = 2  # as the generator counted those two suggestions
+
+    assert reconcile(search, [Trial("f", trial_id="kept", stub=True)]) == ["lost"]
+    assert limiter.live_trials == {"kept"} and search._counter == 1
+    states = [t.state for t in searcher._ot_study.get_trials(deepcopy=False)]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert limiter.suggest("next") == {"x": 0.25}  # the baseline is measured after all
+    assert reconcile(search, [Trial("f", trial_id="kept", stub=True), Trial("f", trial_id="next", stub=True)]) == []

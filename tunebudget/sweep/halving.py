@@ -194,6 +194,12 @@ class RestartHalving(Searcher):
             else:
                 self.study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 
+    def forget(self, trial_id: str) -> None:
+        """A trial suggested that Tune never ran (a torn snapshot, see searcher.SlotGuard): closed as
+        failed; the compute the ladder charged for it stays spent."""
+        if trial_id in self.live:
+            self.on_trial_complete(trial_id, None, error=True)
+
     # ---- resume ----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -89,14 +89,19 @@ class _StopIfUntrainable(Stopper):
         return len(self.finished) >= UNTRAINED_AFTER and all(self.finished)
 
 
-def _run_config(plan: Plan, stage: str, callback: SweepCallback, name: Optional[str] = None) -> Any:
+def _run_config(plan: Plan, stage: str, callback: SweepCallback, name: Optional[str] = None,
+                guard: Optional[Any] = None) -> Any:
+    """``guard``: the search's SlotGuard (searcher.limited), a callback and a stopper both."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.stopper import CombinedStopper
     stopper = _StopIfUntrainable() if stage == "search" else None
+    if guard is not None:
+        stopper = CombinedStopper(stopper, guard) if stopper else guard
     # CSV and JSON loggers by name: the result grid's metric histories are read from them (Tune's
     # automatic loggers are off, see run_sweep)
     return tune.RunConfig(name=name or stage, storage_path=str(plan.root), verbose=0, stop=stopper,
-                          callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],
+                          callbacks=[callback, *([guard] if guard else []), CSVLoggerCallback(), JsonLoggerCallback()],
                           failure_config=tune.FailureConfig(max_failures=plan.sweep.max_failures))
 
 
@@ -112,6 +117,7 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
     import optuna
     from ray import tune
     from tunebudget.sweep.searcher import ResumableOptunaSearch as OptunaSearch  # resumes after a hard kill
+    from tunebudget.sweep.searcher import limited
 
     optuna.logging.set_verbosity(optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING)
     path = plan.root / "search"
@@ -126,12 +132,12 @@ def run_search(plan: Plan, space: SearchSpace, ids: dict[str, str], resume: bool
     searcher = OptunaSearch(space=space.suggest, metric=plan.metric, mode=plan.mode,
                             points_to_evaluate=points or None, sampler=_make_sampler(plan),
                             study_name=plan.name, storage=optuna.storages.RDBStorage(plan.optuna_storage))
+    search, guard = limited(searcher, plan.sweep.concurrency)  # its slots kept true to Tune's trials on resume
     tuner = tune.Tuner(
         _trainable(plan),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, max_concurrent_trials=plan.sweep.concurrency,
-                                    reuse_actors=True, time_budget_s=plan.search_seconds,
-                                    scheduler=_scheduler(plan)),
-        run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels, total, quiet)),
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=total, reuse_actors=True,
+                                    time_budget_s=plan.search_seconds, scheduler=_scheduler(plan)),
+        run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels, total, quiet), guard=guard),
     )
     return tuner.fit()
 
@@ -142,17 +148,19 @@ def _run_halving(plan: Plan, space: SearchSpace, ids: dict[str, str], points: li
     from ray import tune
 
     from tunebudget.sweep.halving import RestartHalving, expected_trials, max_trials
+    from tunebudget.sweep.searcher import limited
 
     total = plan.sweep.trials + len(points)  # full-budget trials' worth of compute
     searcher = RestartHalving(space, plan.metric, plan.mode, plan.rungs, plan.sweep.eta, plan.sweep.trials, points,
                               _make_sampler(plan), plan.name, plan.optuna_storage)
+    search, guard = limited(searcher, plan.sweep.concurrency)
     tuner = tune.Tuner(
         _trainable(plan),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_trials(total, plan.rungs),
-                                    max_concurrent_trials=plan.sweep.concurrency, reuse_actors=True,
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=max_trials(total, plan.rungs), reuse_actors=True,
                                     time_budget_s=plan.search_seconds),
         run_config=_run_config(plan, "search", _callback(plan, "search", ids, labels,
-                                                         expected_trials(total, plan.rungs, plan.sweep.eta), quiet)),
+                                                         expected_trials(total, plan.rungs, plan.sweep.eta), quiet),
+                               guard=guard),
     )
     return tuner.fit()
 

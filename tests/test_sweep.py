@@ -276,6 +276,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path):
         assert {r.info.run_id for r in search if r.data.tags["trial_id"] == trial_id} == {run_id}
 
 
+@pytest.mark.slow  # a whole sweep for one printed line: test_idle_last_round_note checks the note itself
 def test_sweep_prints_the_idle_round_note(tmp_path):
     """1 searched + 2 baselines on 2 slots: the CLI says so, on one line, and the sweep still runs."""
     space = space_file(tmp_path, trials=1, samples=1000)

@@ -18,7 +18,6 @@ it its model's passes and the clock; which scorer runs is the policy's business.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import random
@@ -34,7 +33,7 @@ from torch import nn
 from tunebudget.budget import BudgetClock
 from tunebudget.data import DataBundle, Split, augment_batch, load_data
 from tunebudget.errors import TuneBudgetError
-from tunebudget.models import build_model, count_parameters, final_linear
+from tunebudget.models import ModelSource, count_parameters, final_linear
 from tunebudget.policy import BudgetPolicy, BudgetSpec, TrainingSpec
 from tunebudget.schedules import lr_multiplier
 from tunebudget.selection import EpochPlan, Passes, SampleSelection, Scorer
@@ -283,26 +282,6 @@ def evaluate_chunks(chunks: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Ten
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
-class ModelSource:
-    """A run's models: your module first (on the device), then untrained copies of it as given;
-    else the task's model, built afresh at each call. Channels-last for images on a GPU."""
-
-    def __init__(self, given: Optional[nn.Module], task: Any, data: DataBundle, device: torch.device) -> None:
-        self.given, self.template = given, copy.deepcopy(given) if given is not None else None
-        self.task, self.data, self.device = task, data, device
-
-    def __call__(self) -> nn.Module:
-        if self.given is not None:
-            model, self.given = self.given.to(self.device), None
-        elif self.template is not None:
-            model = copy.deepcopy(self.template).to(self.device)
-        else:
-            model = build_model(self.task, self.data.input_shape, self.data.num_outputs).to(self.device)
-        if self.device.type == "cuda" and self.data.is_image:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-
-
 class BudgetTrainer:
     """Trains ``policy.task`` under ``policy.budget`` the way ``policy.selection`` says.
 
@@ -349,9 +328,11 @@ class BudgetTrainer:
         self.on_eval = on_eval or (lambda m: None)
         self.on_progress = on_progress or (lambda p: None)
         self.regression = self.data.kind == "regression"
-        self._new_model = ModelSource(model, policy.task, self.data, self.device)
+        self._new_model = ModelSource(model, policy.task, self.data.input_shape, self.data.num_outputs,
+                                      self.device, channels_last=self.device.type == "cuda" and self.data.is_image)
         self.model = self._new_model()
         self.head = final_linear(self.model, self.data.num_outputs)
+        self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, policy.training, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(policy.seed)
         self.clock = build_clock(policy.budget, self.device)
@@ -546,7 +527,7 @@ class BudgetTrainer:
             "epochs": stats.epochs,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
-            "parameters": count_parameters(self.model),
+            "parameters": self.parameters,
             "policy_digest": self.policy.digest(),
         }
 

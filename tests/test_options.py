@@ -53,6 +53,7 @@ def _space():
     ({"eta": 11}, "--eta: must be at most 10 (got 11)"),  # the file's bound, now the flag's too
     ({"min_budget": 0.0}, "--min-budget: must be > 0.0 (got 0.0)"),
     ({"max_failures": 101}, "--max-failures: must be at most 100 (got 101)"),
+    ({"min_effect": -0.01}, "--min-effect: must be at least 0.0 (got -0.01)"),
     ({"fidelity": "restart", "scheduler": "asha"},
      "--fidelity restart --scheduler asha: sweep.fidelity: restart runs every trial to its rung's budget"),
 ])
@@ -71,6 +72,6 @@ def test_flags_override_the_file_and_the_file_fills_the_rest():
     from tunebudget.sweep.plan import make_plan
 
     space = _space()
-    plan = make_plan(space, SweepOptions(trials=7, confirm="fixed", eta=4))
-    assert (plan.sweep.trials, plan.sweep.confirm, plan.sweep.eta) == (7, "fixed", 4)
+    plan = make_plan(space, SweepOptions(trials=7, confirm="fixed", eta=4, min_effect=0.005))
+    assert (plan.sweep.trials, plan.sweep.confirm, plan.sweep.eta, plan.sweep.min_effect) == (7, "fixed", 4, 0.005)
     assert plan.sweep.concurrency == space.sweep.concurrency and plan.sweep.first_test == space.sweep.first_test

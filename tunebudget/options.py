@@ -71,6 +71,10 @@ class SweepOptions:
         f"(--confirm-seeds each); {_FILE.format('confirm', 'race')}", spec="confirm")
     confirm_top: Optional[int] = _opt("--confirm-top", int, "searched policies re-run in the confirmation stage "
                                       f"({_FILE.format('confirm_top', 3)})", spec="confirm_top")
+    min_effect: Optional[float] = _opt(
+        "--min-effect", float, "the verdict's bar: 'beats' needs the paired difference's 95%% interval above this, "
+        f"in the metric's units (0.005: half a point of accuracy; {_FILE.format('min_effect', 0)})", spec="min_effect",
+        metavar="DELTA")
     max_failures: Optional[int] = _opt("--max-failures", int, "retries of a trial whose worker fails "
                                        f"({_FILE.format('max_failures', 1)})", spec="max_failures")
     resume: bool = _switch("--resume", "continue this space's latest interrupted sweep (or --name)")

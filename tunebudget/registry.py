@@ -192,6 +192,9 @@ DATASETS.add("fashion_mnist", "tunebudget.data.idx:fashion_mnist",
              val_layout="val-images-idx3-ubyte.gz and val-labels-idx1-ubyte.gz (IDX gz, as the training files)",
              val_reader="tunebudget.data.idx:fashion_mnist_val")
 DATASETS.add("digits", "tunebudget.data.flat:digits", "scikit-learn's bundled 8x8 digits (no download)")
+DATASETS.add("diabetes", "tunebudget.data.flat:diabetes",
+             "scikit-learn's bundled diabetes progression, 442 samples of 10 features (regression, no download)",
+             kind="regression")
 DATASETS.add("synthetic", "tunebudget.data.flat:synthetic",
              "seeded Gaussian classes plus a share of easy near-duplicates (data_options: n_samples, dim, "
              "classes, noise, redundant)", takes_options=True)

@@ -1,4 +1,4 @@
-"""Flat data sets held in memory: scikit-learn's digits, and seeded generated data (``synthetic``,
+"""Flat data sets held in memory: scikit-learn's digits and diabetes, and seeded generated data (``synthetic``,
 ``synthetic_regression``) with options ``n_samples``, ``dim``, ``classes``, ``noise`` and ``redundant``
 (the share of easy near-duplicate samples)."""
 
@@ -21,6 +21,15 @@ def digits(task: TaskSpec, seed: int) -> Arrays:
     x = bunch.data.astype(np.float32)
     y = bunch.target.astype(np.int64)
     return holdout(x, y, test_share=0.2, seed=seed)
+
+
+def diabetes(task: TaskSpec, seed: int) -> Arrays:
+    """scikit-learn's bundled diabetes progression data (442 patients, 10 features; no download), a
+    regression task; a fifth held out as the test split."""
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    return holdout(bunch.data.astype(np.float32), bunch.target.astype(np.float32), test_share=0.2, seed=seed)
 
 
 SYNTHETIC_DEFAULTS = {"n_samples": 6000, "dim": 32, "classes": 4, "noise": 1.0, "redundant": 0.5}

@@ -332,7 +332,6 @@ class BudgetTrainer:
                                       self.device, channels_last=self.device.type == "cuda" and self.data.is_image)
         self.model = self._new_model()
         self.head = final_linear(self.model, self.data.num_outputs)
-        self.parameters = count_parameters(self.model)
         self.optimizer = build_optimizer(self.model, policy.training, self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(policy.seed)
         self.clock = build_clock(policy.budget, self.device)
@@ -527,7 +526,7 @@ class BudgetTrainer:
             "epochs": stats.epochs,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
-            "parameters": self.parameters,
+            "parameters": count_parameters(self.model),
             "policy_digest": self.policy.digest(),
         }
 
